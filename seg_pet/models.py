@@ -1,0 +1,77 @@
+"""Model factory: `segmentation_models_pytorch.create_model` keyed by config names.
+
+Models return logits (N, C, H, W). Softmax belongs to losses and metrics, never to the model.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import segmentation_models_pytorch as smp
+import torch
+from torch import nn
+
+from seg_pet.config import ModelConfig
+from seg_pet.errors import CheckpointError, ConfigError
+
+WEIGHT_NAMES = ("imagenet",)  # smp also knows others for some encoders; a path means a local file
+
+
+def build_model(cfg: ModelConfig, num_classes: int) -> nn.Module:
+    weights = cfg.encoder_weights
+    local_file = weights is not None and _looks_like_path(weights)
+    try:
+        model = smp.create_model(
+            cfg.arch,
+            encoder_name=cfg.encoder,
+            encoder_weights=None if local_file else weights,
+            classes=num_classes,
+        )
+    except KeyError as exc:
+        raise ConfigError(f"model.encoder: unknown encoder {cfg.encoder!r} for smp ({exc.args[0] if exc.args else exc})".splitlines()[0]) from None
+    except ValueError as exc:
+        raise ConfigError(f"model: {str(exc).splitlines()[0]}") from None
+    except OSError as exc:
+        # smp fetches weights from the Hugging Face hub; offline this is an OSError after retries.
+        raise ConfigError(
+            f"model.encoder_weights: could not download {weights!r} weights for {cfg.encoder} "
+            f"({type(exc).__name__}); offline? set model.encoder_weights: null (random init) "
+            "or a path to a local weights file"
+        ) from None
+    if local_file:
+        load_encoder_weights(model, Path(weights))
+    return model
+
+
+def _looks_like_path(value: str) -> bool:
+    return "/" in value or "\\" in value or Path(value).suffix in (".pt", ".pth", ".bin", ".safetensors")
+
+
+def load_encoder_weights(model: nn.Module, path: Path) -> None:
+    """Load an encoder state dict from a local file (e.g. torchvision's resnet34-*.pth, smp-hub safetensors).
+
+    Keys of a classification head (fc.*, classifier.*) are dropped, since smp encoders have none;
+    every encoder weight must be present, so a file for another encoder is refused.
+    """
+    if not path.is_file():
+        raise ConfigError(f"model.encoder_weights: file not found: {path}")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # any unreadable file: one line, naming it
+        raise CheckpointError(f"model.encoder_weights: cannot read {path}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise CheckpointError(f"model.encoder_weights: {path} does not hold a state dict")
+    state = {k.removeprefix("encoder."): v for k, v in state.items() if not k.startswith(("fc.", "classifier.", "head."))}
+    encoder = model.encoder  # type: ignore[attr-defined]
+    try:
+        encoder.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[0]
+        raise CheckpointError(f"model.encoder_weights: {path} does not fit encoder {type(encoder).__name__}: {first}") from None
