@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -119,6 +120,8 @@ CHOICES = {
 
 
 # --------------------------------------------------------------------------- loading
+
+_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 
 
 def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
@@ -231,6 +234,9 @@ def _check_type(key: str, value: Any, tp: Any) -> Any:
             return None
     elif tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        # PyYAML follows YAML 1.1, where `1e-4` (no dot) is a string; users mean a number.
+        if isinstance(value, str) and _FLOAT.fullmatch(value.strip()):
             return float(value)
     elif tp is int:
         if isinstance(value, int) and not isinstance(value, bool):

@@ -106,7 +106,7 @@ def validate_loss_options(cfg: Any, class_names: list[str]) -> None:
     classes = getattr(cfg, "classes", None)
     if classes is not None:
         if not isinstance(classes, (list, tuple)) or not classes:
-            raise ConfigError(f"loss.classes must be a non-empty list of class names from: {', '.join(class_names)}")
+            raise ConfigError(f"loss.classes must be a non-empty list of names from: {', '.join(class_names)}")
         for c in classes:
             if c not in class_names:
                 raise ConfigError(f"loss.classes: unknown class {c!r}; valid names: {', '.join(class_names)}")
@@ -128,13 +128,14 @@ def validate_loss_options(cfg: Any, class_names: list[str]) -> None:
                 f"{', '.join(class_names)}), got {got}"
             )
         if not all(_is_number(w) and w >= 0 for w in weights) or not any(w > 0 for w in weights):
-            raise ConfigError(f"loss.class_weights must be finite numbers >= 0, not all 0, got {list(weights)}")
+            raise ConfigError(f"loss.class_weights must be numbers >= 0, not all 0, got {list(weights)}")
 
     variant = getattr(cfg, "dice_variant", None)
     if variant is not None and variant not in DICE_VARIANTS:
-        raise ConfigError(f"loss.dice_variant: unknown variant {variant!r}; choose one of: {', '.join(DICE_VARIANTS)}")
-    uses_fg = name in ("dice_fg", "dice_fg_sq") or (name == "ce_dice" and _option(cfg, "dice_variant").startswith("dice_fg"))
-    if uses_fg and BACKGROUND not in class_names:
+        choices = ", ".join(DICE_VARIANTS)
+        raise ConfigError(f"loss.dice_variant: unknown variant {variant!r}; choose one of: {choices}")
+    dice_kind = _option(cfg, "dice_variant") if name == "ce_dice" else name
+    if dice_kind.startswith("dice_fg") and BACKGROUND not in class_names:
         raise ConfigError(f"loss {name!r} needs a class named {BACKGROUND!r}; classes are: {', '.join(class_names)}")
 
     for key, lo, hi in (("label_smoothing", 0.0, 1.0), ("dice_weight", 0.0, None), ("gamma", 0.0, None),
@@ -168,7 +169,8 @@ def compute_class_weights(scheme: str | list[float], pixel_counts: list[int]) ->
     if not isinstance(scheme, str):
         return [float(w) for w in scheme]
     if scheme not in CLASS_WEIGHT_SCHEMES:
-        raise ConfigError(f"loss.class_weights: unknown scheme {scheme!r}; choose one of: {', '.join(CLASS_WEIGHT_SCHEMES)}")
+        choices = ", ".join(CLASS_WEIGHT_SCHEMES)
+        raise ConfigError(f"loss.class_weights: unknown scheme {scheme!r}; choose one of: {choices}")
     total = sum(pixel_counts)
     if total <= 0:
         raise DataError("cannot compute class weights: the training split has no labelled pixels")
@@ -271,7 +273,7 @@ def build_loss(
     if setting is None and class_weights is not None:
         raise ValueError(f"class weights were passed but loss {name!r} is configured without them")
     if isinstance(setting, str) and class_weights is None:
-        raise ValueError(f"loss {name!r} uses {setting!r} class weights: pass compute_class_weights(...) output")
+        raise ValueError(f"loss {name!r} uses {setting!r} class weights: pass compute_class_weights(...)")
     weights = class_weights if class_weights is not None else setting
     if weights is not None and len(weights) != len(class_names):
         raise ValueError(f"expected {len(class_names)} class weights, got {len(weights)}")

@@ -109,7 +109,7 @@ def format_table(metrics: dict, class_names: list[str]) -> str:
     header = f"{'class':<{width}} | " + " | ".join(f"{c:>9}" for c in cols)
     lines = [header, "-" * len(header)]
     for name in class_names:
-        values = (metrics["iou"][name], metrics["dice"][name], metrics["precision"][name], metrics["recall"][name])
+        values = [metrics[key][name] for key in ("iou", "dice", "precision", "recall")]
         lines.append(f"{name:<{width}} | " + " | ".join(f"{_fmt(v):>9}" for v in values))
     lines.append("-" * len(header))
     for label, key in (("mIoU", "miou"), ("mDice", "mdice"), ("fwIoU", "fwiou"), ("pixel acc", "pixel_acc")):

@@ -163,7 +163,7 @@ def test_agrees_with_smp_dataset_level_metrics() -> None:
     present_mean = per_class["iou"][:3].mean().item()
     assert m["miou"] == pytest.approx(present_mean, rel=1e-6)
     # smp "macro" = dataset-level per-class IoU averaged over ALL classes, the empty one as 1.0.
-    smp_macro = smp.metrics.iou_score(tp.unsqueeze(0), fp.unsqueeze(0), fn.unsqueeze(0), tn.unsqueeze(0), reduction="macro")
+    smp_macro = smp.metrics.iou_score(*(s.unsqueeze(0) for s in (tp, fp, fn, tn)), reduction="macro")
     assert smp_macro.item() == pytest.approx((3 * present_mean + 1.0) / 4, rel=1e-6)
     assert m["miou"] < smp_macro.item()
     # Micro-averaged recall over classes is trace / total = pixel accuracy.
@@ -183,7 +183,8 @@ def test_format_table_and_csv() -> None:
     assert [c.strip() for c in border.split("|")[1:]] == ["n/a"] * 4
     pet = next(line for line in lines if line.startswith("pet"))
     assert [c.strip() for c in pet.split("|")[1:]] == ["0.6000", "0.7500", "0.6000", "1.0000"]
-    for label, value in (("mIoU", "0.3000"), ("mDice", "0.3750"), ("fwIoU", "0.3600"), ("pixel acc", "0.6000")):
+    summary = {"mIoU": "0.3000", "mDice": "0.3750", "fwIoU": "0.3600", "pixel acc": "0.6000"}
+    for label, value in summary.items():
         row = next(line for line in lines if line.startswith(label))
         assert row.split("|")[1].strip() == value
 
