@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import pickle
 import random
-import zipfile
+import re
+import warnings
 from pathlib import Path
 from typing import Any, Optional
 
@@ -55,23 +56,49 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
         torch.save(state, tmp)
 
 
+def _first_sentence(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return text.split(". ")[0].rstrip(".")
+
+
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Read a seg_pet checkpoint with weights_only=True; every failure is a one-line CheckpointError."""
+    """Read a seg_pet checkpoint with weights_only=True; every failure is a one-line CheckpointError.
+
+    weights_only=True means torch's restricted unpickler: tensors, numbers, strings, lists,
+    dicts. A pickle that names any other Python global (a class with __reduce__, os.system...)
+    is refused before anything in it runs.
+    """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if not head:
+        raise CheckpointError(f"{path} is empty (a checkpoint whose write never finished?)")
+    if not head.startswith((b"PK\x03\x04", b"\x80")):  # torch.save's zip format, or a legacy pickle
+        raise CheckpointError(f"{path} is not a checkpoint (not a file written by torch.save)")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # e.g. "Detected pickle protocol 4": stderr stays one line
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         # weights_only refuses globals it does not know: a pickle that could run code lands here.
-        detail = str(exc).splitlines()[0] if str(exc) else ""
-        if "weights_only" in str(exc) or "global" in str(exc).lower():
-            raise CheckpointError(f"refusing to load {path}: it contains Python objects, not only tensors (weights_only=True)") from None
-        raise CheckpointError(f"{path} is not a checkpoint (cannot unpickle: {detail})") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
-        raise CheckpointError(f"{path} is truncated or not a checkpoint ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
+        text = str(exc)
+        if "weights_only" in text or "global" in text.lower():
+            culprit = re.search(r"GLOBAL ([\w.]+)", text)
+            what = f" ({culprit.group(1)})" if culprit else ""
+            raise CheckpointError(
+                f"refusing to load {path}: it contains Python objects{what}, not only tensors; "
+                "seg_pet loads checkpoints with torch.load(weights_only=True) and never runs code from them"
+            ) from None
+        raise CheckpointError(f"{path} is not a checkpoint (cannot unpickle: {_first_sentence(exc)})") from None
+    except Exception as exc:  # truncated zip, empty file, text file...: torch raises many types
+        raise CheckpointError(f"{path} is truncated or not a checkpoint ({_first_sentence(exc)})") from None
     if not isinstance(state, dict) or any(key not in state for key in REQUIRED_KEYS):
-        raise CheckpointError(f"{path} is not a seg_pet checkpoint (missing {', '.join(k for k in REQUIRED_KEYS if not isinstance(state, dict) or k not in state)})")
+        missing = [k for k in REQUIRED_KEYS if not isinstance(state, dict) or k not in state]
+        raise CheckpointError(f"{path} is not a seg_pet checkpoint (missing {', '.join(missing)})")
+    if not isinstance(state["format"], int) or state["format"] > FORMAT_VERSION:
+        raise CheckpointError(f"{path} has checkpoint format {state['format']!r}; this seg_pet reads format {FORMAT_VERSION} or older (upgrade seg_pet)")
     return state
 
 

@@ -29,7 +29,7 @@ from torchvision.datasets import OxfordIIITPet
 
 from seg_pet.config import Config, DataConfig
 from seg_pet.errors import DataError
-from seg_pet.transforms import eval_transforms, train_transforms
+from seg_pet.transforms import eval_cache_resize, eval_transforms, native_eval_transforms, train_cache_resize, train_transforms
 
 IGNORE_INDEX = 255
 PET_URL = "https://www.robots.ox.ac.uk/~vgg/data/pets/"
@@ -147,15 +147,30 @@ class PetSegmentation(Dataset):
     """Some images of one official split, with joint transforms; yields (image float (3,H,W), mask int64 (H,W)).
 
     `indices` select from the split (used to carve validation out of trainval).
+    `prepare` is the deterministic resize a decoded-image cache stores (seg_pet.cache); it is applied
+    only when `cache` is set, which holds prepare(load(i)) for every i. `native_masks`: the masks keep
+    their original size (native-resolution evaluation), so batches need `collate_native`.
     """
 
-    def __init__(self, split: OxfordIIITPet, indices: list[int], border: str, transforms: Optional[Callable] = None):
+    def __init__(
+        self,
+        split: OxfordIIITPet,
+        indices: list[int],
+        border: str,
+        transforms: Optional[Callable] = None,
+        *,
+        prepare: Optional[Callable] = None,
+        native_masks: bool = False,
+    ):
         self.images = [split._images[i] for i in indices]
         self.trimaps = [split._segs[i] for i in indices]
         self.breeds = [split._labels[i] for i in indices]
         self.border = border
         self.transforms = transforms
         self.lut = trimap_lut(border)
+        self.prepare = prepare
+        self.native_masks = native_masks
+        self.cache: Optional[list[tuple[torch.Tensor, torch.Tensor]]] = None  # set by seg_pet.cache.attach_cache
 
     def __len__(self) -> int:
         return len(self.images)
@@ -166,8 +181,13 @@ class PetSegmentation(Dataset):
         trimap = read_trimap(self.trimaps[idx], expected_hw=tuple(image.shape[-2:]))
         return image, trimap
 
+    def load_cached(self, idx: int) -> tuple[tv_tensors.Image, tv_tensors.Mask]:
+        """prepare(load(idx)) from the cache: decoded and resized once, uint8."""
+        image, trimap = self.cache[idx]  # type: ignore[index]
+        return tv_tensors.Image(image), tv_tensors.Mask(trimap)  # wrapping shares storage; transforms never write in place
+
     def __getitem__(self, idx: int) -> tuple[torch.Tensor, torch.Tensor]:
-        image, trimap = self.load(idx)
+        image, trimap = self.load_cached(idx) if self.cache is not None else self.load(idx)
         if self.transforms is not None:
             image, trimap = self.transforms(image, trimap)
         return image.as_subclass(torch.Tensor), self.lut[trimap.as_subclass(torch.Tensor).long()]
@@ -219,9 +239,16 @@ def build_datasets(cfg: Config, check_files: bool = True) -> dict[str, PetSegmen
     train_idx, val_idx = stratified_split(trainval._labels, cfg.data.val_fraction, cfg.run.seed)
     size, border = cfg.data.image_size, cfg.data.border
     return {
-        "train": PetSegmentation(trainval, train_idx, border, train_transforms(size)),
-        "val": PetSegmentation(trainval, val_idx, border, eval_transforms(size)),
+        "train": PetSegmentation(trainval, train_idx, border, train_transforms(size), prepare=train_cache_resize(size)),
+        "val": _eval_dataset(trainval, val_idx, cfg),
     }
+
+
+def _eval_dataset(split: OxfordIIITPet, indices: list[int], cfg: Config) -> PetSegmentation:
+    """Validation/test: resized to image_size; with eval.native_resolution the masks keep their original size."""
+    size, native = cfg.data.image_size, cfg.eval.native_resolution
+    transforms = native_eval_transforms(size) if native else eval_transforms(size)
+    return PetSegmentation(split, indices, cfg.data.border, transforms, prepare=eval_cache_resize(size, native), native_masks=native)
 
 
 def build_test_dataset(cfg: Config, check_files: bool = True) -> PetSegmentation:
@@ -229,13 +256,30 @@ def build_test_dataset(cfg: Config, check_files: bool = True) -> PetSegmentation
     test = open_split(root, "test", download=cfg.data.download)
     if check_files:
         preflight(test)
-    return PetSegmentation(test, list(range(len(test))), cfg.data.border, eval_transforms(cfg.data.image_size))
+    return _eval_dataset(test, list(range(len(test))), cfg)
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on (taskset, cgroup cpusets), not the host's count."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 def resolve_num_workers(setting: int | str) -> int:
+    """`auto`: one worker per usable CPU, minus one for the main process, at most 16.
+
+    At 256 px an uncached worker delivers ~100-120 images/s, so a GPU step at ~1,400 images/s
+    (issue #6, H100) needs 12 or more; the cap keeps prefetch memory bounded on large hosts.
+    """
     if setting == "auto":
-        return min(8, max(0, (os.cpu_count() or 1) - 1))
+        return min(16, max(0, usable_cpus() - 1))
     return int(setting)
+
+
+def collate_native(batch: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Images (all image_size) stacked; masks of differing original sizes kept as a list."""
+    return torch.stack([image for image, _ in batch]), [mask for _, mask in batch]
 
 
 def make_loader(
@@ -263,6 +307,7 @@ def make_loader(
         pin_memory=pin_memory,
         drop_last=drop_last,
         prefetch_factor=4 if num_workers > 0 else None,
+        collate_fn=collate_native if getattr(dataset, "native_masks", False) else None,
     )
 
 

@@ -2,7 +2,9 @@
 
 Every JSON, CSV, PNG and checkpoint the project writes goes through `atomic_write`:
 write to a temporary file in the same folder, flush, then `os.replace` (atomic on POSIX
-and Windows when source and target are on one filesystem).
+and Windows when source and target are on one filesystem). Temporary files are named
+`.NAME.partial-XXXX`; a process killed mid-write leaves one behind, which
+`remove_partial_files` deletes (training does so when it resumes a run).
 """
 
 from __future__ import annotations
@@ -14,6 +16,29 @@ import os
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
+
+PARTIAL_MARK = ".partial-"
+
+
+def _partial_prefix(path: Path) -> str:
+    return f".{path.name}{PARTIAL_MARK}"
+
+
+def is_partial_file(path: str | os.PathLike) -> bool:
+    """True for a temporary file left by an atomic write that never finished."""
+    name = Path(path).name
+    return name.startswith(".") and PARTIAL_MARK in name
+
+
+def remove_partial_files(folder: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files of interrupted atomic writes under `folder`; returns what was removed."""
+    removed = []
+    for path in Path(folder).rglob(f".*{PARTIAL_MARK}*"):
+        if path.is_file() and is_partial_file(path):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+                removed.append(path)
+    return removed
 
 
 def _default_mode() -> int:
@@ -28,7 +53,7 @@ def atomic_write(path: str | os.PathLike, mode: str = "w") -> Iterator[Any]:
     """Open a temporary file beside `path`; on success it replaces `path`, on error it is removed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_partial_prefix(path), suffix=".tmp")
     try:
         with os.fdopen(fd, mode) as f:
             yield f
@@ -47,10 +72,12 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside `path` for libraries that want a filename (matplotlib, torch.save)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_partial_prefix(path), suffix=path.suffix)
     os.close(fd)
     try:
         yield Path(tmp)
+        with open(tmp, "rb") as f:  # the library closed it; flush it to disk before the rename
+            os.fsync(f.fileno())
         os.chmod(tmp, _default_mode())
         os.replace(tmp, path)
     except BaseException:

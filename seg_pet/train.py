@@ -7,11 +7,15 @@ created, so a refused run leaves nothing behind.
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
 import random
+import shlex
 import shutil
 import signal
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Optional
@@ -42,15 +46,23 @@ from seg_pet.visualisation import plot_curves, save_overlay, save_panel
 from seg_pet.transforms import denormalize
 
 
-class Interrupted(Exception):
-    """Ctrl-C or SIGTERM arrived; progress up to the last finished epoch is in last.pt."""
+def resume_command(run_dir: Path) -> str:
+    return f"python -m seg_pet train --resume {shlex.quote(str(run_dir))}"
 
-    def __init__(self, signum: int, run_dir: Path, epoch: int):
-        self.signum, self.run_dir, self.epoch = signum, run_dir, epoch
+
+class Interrupted(Exception):
+    """Ctrl-C or SIGTERM arrived; progress up to the last finished epoch is in last.pt.
+
+    `saved_epoch` is the epoch last.pt holds (0: the initial weights); `when` says where the
+    signal arrived, e.g. "during epoch 3 (its unfinished steps are discarded)".
+    """
+
+    def __init__(self, signum: int, run_dir: Path, saved_epoch: int, when: str):
+        self.signum, self.run_dir, self.saved_epoch = signum, run_dir, saved_epoch
         name = signal.Signals(signum).name
         super().__init__(
-            f"{name}: stopped during epoch {epoch}; epochs 1..{epoch - 1} are saved in {run_dir / 'checkpoints' / 'last.pt'}. "
-            f"Resume with: python -m seg_pet train --resume {run_dir}"
+            f"{name} received {when}; {run_dir / 'checkpoints' / 'last.pt'} holds epoch {saved_epoch}. "
+            f"Resume with: {resume_command(run_dir)}"
         )
 
     @property

@@ -8,10 +8,14 @@ Photometric transforms (colour jitter, normalisation) touch the image only.
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 from torchvision import tv_tensors
 from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as F
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -48,3 +52,66 @@ def denormalize(image: torch.Tensor) -> np.ndarray:
     std = torch.tensor(IMAGENET_STD, device=image.device).view(3, 1, 1)
     rgb = (image.float() * std + mean).clamp(0, 1).mul(255).round().byte()
     return rgb.permute(1, 2, 0).cpu().numpy()
+
+
+# --------------------------------------------------------------------------- cache and native-resolution helpers
+
+CACHE_MARGIN = 1.15  # a training cache keeps the shorter side at 1.15 x image_size: room for the random crop
+
+
+@dataclass(frozen=True)
+class CacheResize:
+    """The deterministic resize a decoded-image cache (seg_pet.cache) stores; its repr is part of the cache key.
+
+    mode "shorter": shrink so the shorter side is `size`, keeping the aspect ratio (never enlarges),
+                    for training, whose random crop still needs the whole picture;
+    mode "square":  `size` x `size`, exactly the first step of eval_transforms, which then finds the
+                    image already at size and returns it unchanged (cached evaluation is bit-identical);
+    mode "square-image": as "square" for the image, the trimap untouched (native-resolution evaluation).
+    The trimap is always resampled with nearest neighbour (v2 does so for Mask by type).
+    """
+
+    size: int
+    mode: str
+
+    def __call__(self, image: tv_tensors.Image, trimap: tv_tensors.Mask) -> tuple[tv_tensors.Image, tv_tensors.Mask]:
+        if self.mode == "shorter":
+            if min(image.shape[-2:]) <= self.size:
+                return image, trimap
+            return F.resize(image, [self.size], antialias=True), F.resize(trimap, [self.size])
+        square = [self.size, self.size]
+        if self.mode == "square":
+            return F.resize(image, square, antialias=True), F.resize(trimap, square)
+        if self.mode == "square-image":
+            return F.resize(image, square, antialias=True), trimap
+        raise ValueError(f"unknown CacheResize mode {self.mode!r}")
+
+
+def train_cache_resize(size: int) -> CacheResize:
+    return CacheResize(math.ceil(CACHE_MARGIN * size), "shorter")
+
+
+def eval_cache_resize(size: int, native: bool = False) -> CacheResize:
+    return CacheResize(size, "square-image" if native else "square")
+
+
+class ImageOnly:
+    """Apply a joint transform to the image only and pass the mask through unchanged.
+
+    Used for native-resolution evaluation: the model sees the image at image_size, the
+    metrics see the trimap at its original size. A class (not a lambda) so workers can pickle it.
+    """
+
+    def __init__(self, transform: v2.Transform):
+        self.transform = transform
+
+    def __call__(self, image: tv_tensors.Image, mask: tv_tensors.Mask) -> tuple[torch.Tensor, tv_tensors.Mask]:
+        return self.transform(image), mask
+
+    def __repr__(self) -> str:
+        return f"ImageOnly({self.transform!r})"
+
+
+def native_eval_transforms(size: int) -> ImageOnly:
+    """eval_transforms for the image; the mask stays at the original resolution."""
+    return ImageOnly(eval_transforms(size))
