@@ -8,7 +8,11 @@ Exit codes: 0 success; 1 a `doctor` check failed or training diverged (NaN/Inf l
 from __future__ import annotations
 
 import argparse
+import gc
+import os
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -18,6 +22,16 @@ from seg_pet.errors import SegPetError, TrainingDiverged
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # one line instead of usage + error
         self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {value}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,6 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", dest="overrides", **overrides)
     p.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue the run in RUN_DIR from checkpoints/last.pt")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
+    p.add_argument("--stop-after-epoch", type=_positive_int, metavar="N",
+                   help="exit cleanly once epoch N is saved (the schedule still spans optim.epochs); continue later with --resume")
 
     p = sub.add_parser("evaluate", help="evaluate a trained run (default: validation split)")
     p.add_argument("--run", type=Path, required=True, metavar="RUN_DIR")
@@ -42,10 +58,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("doctor", help="check data, model and loss wiring for the classic failure modes")
     p.add_argument("--config", type=Path, required=True)
     p.add_argument("--set", dest="overrides", **overrides)
+    p.add_argument("--out", type=Path, metavar="DIR", help="also save a class-balance bar chart in DIR (by default doctor writes nothing)")
 
     p = sub.add_parser("study", help="run the CE-vs-Dice loss study grid")
     p.add_argument("--config", type=Path, required=True)
     p.add_argument("--set", dest="overrides", **overrides)
+    p.add_argument("--overwrite", action="store_true", help="replace an existing study folder")
     return parser
 
 
@@ -58,10 +76,35 @@ def one_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
+class Terminated(BaseException):
+    """SIGTERM outside the phases that handle it themselves (training saves and raises Interrupted).
+
+    A BaseException, like KeyboardInterrupt, so `except Exception` in library code cannot swallow it.
+    """
+
+
+_MAIN_PID = os.getpid()
+
+
+def _terminate(signum, frame):
+    if os.getpid() != _MAIN_PID:  # a forked DataLoader worker: die as SIGTERM's default action would
+        os._exit(128 + signum)
+    raise Terminated()
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    # SIGTERM becomes an exception like Ctrl-C's KeyboardInterrupt: `finally` blocks and atomic
+    # writes clean up, and the exit code is 143 wherever it lands.
+    global _MAIN_PID
+    _MAIN_PID = os.getpid()
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate) if in_main_thread else None
     try:
         return run_command(args)
+    except Terminated:
+        print("terminated (SIGTERM)", file=sys.stderr)
+        return 143
     except SegPetError as exc:
         print(f"error: {one_line(exc)}", file=sys.stderr)
         return 2
@@ -77,15 +120,24 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print(f"error: {one_line(exc)}", file=sys.stderr)
             return 2
         raise
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous)
+        # A DataLoader error's traceback is a reference cycle that keeps the loader's iterator (and
+        # its worker processes) alive. Collect it now, so the workers are shut down in order instead
+        # of being terminated at interpreter exit (which prints "Exception ignored in atexit ...").
+        gc.collect()
 
 
 def run_command(args: argparse.Namespace) -> int:
     from seg_pet.config import load_config
 
     if args.command == "train":
-        from seg_pet.train import Interrupted, train
+        from seg_pet.train import Interrupted, resume_command, train
 
         if args.resume is not None:
+            if args.overwrite:
+                raise SegPetError("--resume continues a run and --overwrite replaces it: use one of them")
             if args.config is not None:
                 raise SegPetError("--resume uses the run's own config.yaml; drop --config (use --set to change a key, e.g. optim.epochs)")
             cfg = load_config(args.resume / "config.yaml", args.overrides) if (args.resume / "config.yaml").is_file() else None
@@ -98,10 +150,14 @@ def run_command(args: argparse.Namespace) -> int:
         else:
             cfg = load_config(args.config, args.overrides)
         try:
-            train(cfg, resume=args.resume is not None, overwrite=args.overwrite)
+            train(cfg, resume=args.resume is not None, overwrite=args.overwrite, stop_after_epoch=args.stop_after_epoch)
         except Interrupted as exc:
             print(f"\n{exc}", file=sys.stderr)
             return exc.exit_code
+        except (Terminated, KeyboardInterrupt):  # outside the phases that say more (setup, a second Ctrl-C)
+            if (cfg.run_dir / "checkpoints" / "last.pt").is_file():
+                print(f"{cfg.run_dir} is resumable: {resume_command(cfg.run_dir)}", file=sys.stderr)
+            raise
         return 0
     if args.command == "evaluate":
         from seg_pet.evaluate import evaluate_run
@@ -112,10 +168,10 @@ def run_command(args: argparse.Namespace) -> int:
         from seg_pet.diagnostics import run_doctor
 
         cfg = load_config(args.config, args.overrides)
-        return run_doctor(cfg)
+        return run_doctor(cfg, out=args.out)
     if args.command == "study":
         from seg_pet.study import run_study
 
-        run_study(args.config, args.overrides)
+        run_study(args.config, args.overrides, overwrite=args.overwrite)
         return 0
     raise AssertionError(args.command)

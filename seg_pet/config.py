@@ -146,6 +146,9 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
         if mark is not None:
             where = f" (line {mark.line + 1}, column {mark.column + 1})"
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        if isinstance(exc, yaml.constructor.ConstructorError) and "tag:yaml.org,2002:python/" in problem:
+            tag = problem.split("tag:yaml.org,2002:", 1)[1].rstrip("'")
+            problem = f"tag !!{tag} is not allowed (configs are read with yaml.safe_load and never create Python objects)"
         raise ConfigError(f"{path}: invalid YAML{where}: {problem}") from None
     if data is None:
         return {}

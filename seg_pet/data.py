@@ -182,7 +182,7 @@ class PetSegmentation(Dataset):
         return image, trimap
 
     def load_cached(self, idx: int) -> tuple[tv_tensors.Image, tv_tensors.Mask]:
-        """prepare(load(idx)) from the cache: decoded and resized once, uint8."""
+        """prepare(load(idx)) from the cache: decoded (and for evaluation resized) once, uint8."""
         image, trimap = self.cache[idx]  # type: ignore[index]
         return tv_tensors.Image(image), tv_tensors.Mask(trimap)  # wrapping shares storage; transforms never write in place
 
@@ -269,8 +269,8 @@ def usable_cpus() -> int:
 def resolve_num_workers(setting: int | str) -> int:
     """`auto`: one worker per usable CPU, minus one for the main process, at most 16.
 
-    At 256 px an uncached worker delivers ~100-120 images/s, so a GPU step at ~1,400 images/s
-    (issue #6, H100) needs 12 or more; the cap keeps prefetch memory bounded on large hosts.
+    Issue #6's reference loader figures (256 px, no cache) are ~100-120 images/s per worker, so an
+    H100 step at ~1,400 images/s needs 12 or more; the cap keeps prefetch memory bounded on big hosts.
     """
     if setting == "auto":
         return min(16, max(0, usable_cpus() - 1))
@@ -295,7 +295,10 @@ def make_loader(
     """A DataLoader whose shuffling and worker augmentation RNG depend only on `seed`.
 
     Training builds one per epoch with seed = f(run seed, epoch), so a resumed run replays
-    exactly the batches and augmentations an uninterrupted run would have seen.
+    exactly the batches and augmentations an uninterrupted run would have seen. That is also
+    why workers are not persistent: persistent workers keep their RNG streams across epochs,
+    so epoch k after a resume would differ. The price is a worker start per epoch
+    (docs: Performance, measured by scripts/benchmark.py as `epoch_start_s`).
     """
     generator = torch.Generator().manual_seed(seed)
     return DataLoader(
@@ -308,7 +311,21 @@ def make_loader(
         drop_last=drop_last,
         prefetch_factor=4 if num_workers > 0 else None,
         collate_fn=collate_native if getattr(dataset, "native_masks", False) else None,
+        worker_init_fn=worker_signals if num_workers > 0 else None,
     )
+
+
+def worker_signals(worker_id: int) -> None:
+    """In a DataLoader worker: leave Ctrl-C to the main process, die plainly on SIGTERM.
+
+    Workers are forked with the main process's Python signal handlers (training's "stop after this
+    step", the CLI's SIGTERM -> exit 143). Ctrl-C in a terminal reaches every process of the group;
+    the main process alone decides how to stop and then shuts its workers down.
+    """
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def count_pixels(dataset: PetSegmentation, num_classes: int) -> list[int]:

@@ -12,6 +12,7 @@ from typing import Any, Optional
 
 import torch
 
+from seg_pet.cache import attach_cache
 from seg_pet.checkpoint import load_checkpoint, load_model_weights
 from seg_pet.config import Config, config_to_dict, load_config
 from seg_pet.data import PetSegmentation, build_datasets, build_test_dataset, class_names, make_loader, resolve_num_workers
@@ -29,17 +30,19 @@ def evaluate_split(model: torch.nn.Module, dataset: PetSegmentation, cfg: Config
 
     loader = make_loader(dataset, cfg.data.batch_size, shuffle=False, num_workers=resolve_num_workers(cfg.data.num_workers),
                          pin_memory=device.type == "cuda")
-    matrix, _ = evaluate(model, loader, len(names), device, amp_dtype=amp_dtype_for(device, cfg.train.amp), desc=desc)
+    matrix, _ = evaluate(model, loader, len(names), device, amp_dtype=amp_dtype_for(device, cfg.train.amp), desc=desc,
+                         channels_last=device.type == "cuda")
     metrics = compute_metrics(matrix.mat, names)
     return {"num_images": len(dataset), **metrics, "confusion": matrix.mat.tolist()}
 
 
 def write_test_outputs(run_dir: Path, metrics: dict[str, Any], names: list[str]) -> None:
-    write_json(run_dir / "test_metrics.json", metrics)
+    """test_metrics.json is written last: its presence means the run is complete (resume checks it)."""
     matrix = torch.tensor(metrics["confusion"])
     with atomic_write(run_dir / "test_confusion.csv") as f:
         f.write(confusion_csv(matrix, names))
     plot_confusion(matrix, names, run_dir / "plots" / "test_confusion.png", title=f"test, epoch {metrics['checkpoint_epoch']} (row-normalised)")
+    write_json(run_dir / "test_metrics.json", metrics)
 
 
 def evaluate_run(
@@ -70,9 +73,13 @@ def evaluate_run(
 
     device = resolve_device(cfg.train.device)
     dataset = build_test_dataset(cfg) if split == "test" else build_datasets(cfg)["val"]
+    if split == "val" and cfg.data.cache == "disk":  # reuse the run's validation cache (bit-identical to decoding)
+        attach_cache(dataset, "disk", data_root=cfg.data.root, run_dir=run_dir, num_workers=resolve_num_workers(cfg.data.num_workers), log=log, name=split)
     model = build_model(_without_download(cfg).model, len(names))
     load_model_weights(model, state, ckpt_path, names, config_to_dict(cfg)["model"])
     model.to(device)
+    if device.type == "cuda":
+        model.to(memory_format=torch.channels_last)
     metrics = evaluate_split(model, dataset, cfg, device, names, desc=split)
     metrics = {"split": split, "checkpoint": str(checkpoint), "checkpoint_epoch": state["epoch"], **metrics}
     log(f"{split} split, {checkpoint} checkpoint (epoch {state['epoch']}), {metrics['num_images']} images:")

@@ -22,7 +22,10 @@ from typing import Any, Optional
 
 import numpy as np
 import torch
+from torchvision import tv_tensors
+from torchvision.transforms.v2 import functional as F
 
+from seg_pet.cache import cache_datasets
 from seg_pet.checkpoint import load_checkpoint, load_model_weights, rng_state, save_checkpoint, set_rng_state
 from seg_pet.config import Config, config_to_dict, dump_config
 from seg_pet.data import (
@@ -38,7 +41,7 @@ from seg_pet.diagnostics import epoch_warnings
 from seg_pet.engine import evaluate, train_one_epoch
 from seg_pet.errors import CheckpointError, ConfigError, SegPetError, TrainingDiverged
 from seg_pet.evaluate import evaluate_split, write_test_outputs
-from seg_pet.fileio import atomic_write, write_json
+from seg_pet.fileio import atomic_write, remove_partial_files, write_json
 from seg_pet.losses import build_loss, compute_class_weights, needs_class_weights
 from seg_pet.metrics import compute_metrics, format_table
 from seg_pet.models import build_model
@@ -50,8 +53,11 @@ def resume_command(run_dir: Path) -> str:
     return f"python -m seg_pet train --resume {shlex.quote(str(run_dir))}"
 
 
-class Interrupted(Exception):
+class Interrupted(BaseException):
     """Ctrl-C or SIGTERM arrived; progress up to the last finished epoch is in last.pt.
+
+    A BaseException, like KeyboardInterrupt: raised from a signal handler during the test
+    evaluation, it must not be swallowed by an `except Exception` in library code.
 
     `saved_epoch` is the epoch last.pt holds (0: the initial weights); `when` says where the
     signal arrived, e.g. "during epoch 3 (its unfinished steps are discarded)".
@@ -142,6 +148,71 @@ def check_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
             raise SegPetError(f"--overwrite: {run_dir} is not a seg_pet run folder (no config.yaml); refusing to delete it")
 
 
+def create_run_dir(run_dir: Path, write_initial) -> None:
+    """Make the run folder appear complete or not at all.
+
+    `write_initial(folder)` fills a hidden staging folder beside `run_dir` (config.yaml, the
+    epoch-0 last.pt, ...), which is then renamed into place; an existing run (--overwrite,
+    checked by check_run_dir) is swapped out first and deleted after. A process killed at any
+    instant leaves either no run folder, the old one, or a new one that --resume accepts.
+    """
+    parent = run_dir.parent
+    parent.mkdir(parents=True, exist_ok=True)
+    for stale in parent.glob(f".{run_dir.name}.staging-*"):  # left by a process killed during setup
+        shutil.rmtree(stale, ignore_errors=True)
+    staging = Path(tempfile.mkdtemp(dir=parent, prefix=f".{run_dir.name}.staging-"))
+    try:
+        write_initial(staging)
+        if run_dir.exists():
+            old = Path(tempfile.mkdtemp(dir=parent, prefix=f".{run_dir.name}.staging-old-"))
+            os.replace(run_dir, old)  # onto the empty folder just made
+            os.replace(staging, run_dir)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(staging, run_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def repair_best_checkpoint(run_dir: Path, last_state: dict[str, Any]) -> bool:
+    """last.pt is written before best.pt, so a kill between the two leaves best.pt one improvement behind.
+
+    When last.pt says its own epoch is the best one, best.pt must hold that epoch: rewrite it from
+    last.pt if it does not. Returns True when it was rewritten.
+    """
+    epoch = last_state["epoch"]
+    if epoch < 1 or last_state.get("best_epoch") != epoch:
+        return False
+    best_path = run_dir / "checkpoints" / "best.pt"
+    try:
+        if load_checkpoint(best_path)["epoch"] == epoch:
+            return False
+    except CheckpointError:
+        pass
+    save_checkpoint(best_path, last_state)
+    return True
+
+
+def _is_input_error(exc: BaseException) -> bool:
+    return isinstance(exc, SegPetError) or "seg_pet.errors." in str(exc)
+
+
+@contextlib.contextmanager
+def signals_raise(exc_type, *args):
+    """While inside, SIGINT / SIGTERM raise `exc_type(signum, *args)` at once (for short phases with nothing to save)."""
+
+    def handler(signum, frame):
+        raise exc_type(signum, *args)
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
 # --------------------------------------------------------------------------- outputs
 
 
@@ -177,6 +248,8 @@ def save_epoch_overlays(model, dataset: PetSegmentation, indices: list[int], fol
     model.eval()
     for idx in indices:
         image, target = dataset[idx]
+        if target.shape != image.shape[-2:]:  # native-resolution masks: the panel shows them at the model's size
+            target = F.resize(tv_tensors.Mask(target), list(image.shape[-2:])).as_subclass(torch.Tensor)
         with autocast(device, amp_dtype):
             logits = model(image.unsqueeze(0).to(device))
         pred = logits.float().argmax(1)[0].cpu().numpy()
@@ -197,10 +270,14 @@ def console_line(row: dict[str, Any], epochs: int) -> str:
 # --------------------------------------------------------------------------- the workflow
 
 
-def train(cfg: Config, *, resume: bool = False, overwrite: bool = False, log=print) -> dict[str, Any]:
+def train(cfg: Config, *, resume: bool = False, overwrite: bool = False, stop_after_epoch: Optional[int] = None,
+          log=print) -> dict[str, Any]:
     """Train, validate every epoch, keep best/last checkpoints, then evaluate best.pt on test once.
 
-    Returns the test metrics. Raises SegPetError (bad input), TrainingDiverged, Interrupted.
+    `stop_after_epoch` ends the process cleanly once that epoch is saved (no test evaluation);
+    `--resume` continues exactly where it stopped, with the schedule of the full `optim.epochs`.
+    Returns the test metrics ({} when stopped early). Raises SegPetError (bad input),
+    TrainingDiverged, Interrupted.
     """
     run_dir = cfg.run_dir
     check_run_dir(run_dir, resume, overwrite)
@@ -212,15 +289,20 @@ def train(cfg: Config, *, resume: bool = False, overwrite: bool = False, log=pri
     torch.backends.cudnn.benchmark = device.type == "cuda" and not cfg.train.deterministic
 
     # Everything that reads user input happens before the run folder is touched.
-    names = class_names(cfg.data.border)
-    datasets = build_datasets(cfg)
-    test_set = build_test_dataset(cfg)  # file checks only: no test pixel is read until the end
     resume_state = None
     if resume:
         last = run_dir / "checkpoints" / "last.pt"
         if not last.is_file():
             raise CheckpointError(f"--resume {run_dir}: no checkpoints/last.pt to resume from")
         resume_state = load_checkpoint(last)
+        if stop_after_epoch is not None and stop_after_epoch <= resume_state["epoch"]:
+            raise SegPetError(f"--stop-after-epoch {stop_after_epoch}: {run_dir} has already finished epoch {resume_state['epoch']}")
+        saved_optim = resume_state["config"].get("optim", {}).get("name")
+        if saved_optim != cfg.optim.name:
+            raise CheckpointError(f"{last} holds {saved_optim} optimiser state, the config asks for optim.name={cfg.optim.name!r}")
+    names = class_names(cfg.data.border)
+    datasets = build_datasets(cfg)
+    test_set = build_test_dataset(cfg)  # file checks only: no test pixel is read until the end
     pixel_counts = weights = None
     if needs_class_weights(cfg.loss):
         if resume_state is not None and resume_state.get("class_weights") is not None:
@@ -232,7 +314,7 @@ def train(cfg: Config, *, resume: bool = False, overwrite: bool = False, log=pri
     model = build_model(cfg.model, len(names)).to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
-    loss_fn = build_loss(cfg.loss, names, weights)
+    loss_fn = build_loss(cfg.loss, names, weights).to(device)  # class weights are buffers: follow the logits
     optimizer = build_optimizer(cfg, model)
     workers = resolve_num_workers(cfg.data.num_workers)
     batch_size = min(cfg.data.batch_size, len(datasets["train"]))
@@ -244,26 +326,6 @@ def train(cfg: Config, *, resume: bool = False, overwrite: bool = False, log=pri
     step_model = torch.compile(model) if cfg.train.compile else model
 
     start_epoch, best_miou, best_epoch, rows = 1, -math.inf, 0, []
-    if resume_state is not None:
-        load_model_weights(model, resume_state, run_dir / "checkpoints" / "last.pt", names, config_to_dict(cfg)["model"])
-        optimizer.load_state_dict(resume_state["optimizer"])
-        if scheduler is not None and resume_state.get("scheduler"):
-            scheduler.load_state_dict(resume_state["scheduler"])
-        if scaler is not None and resume_state.get("scaler"):
-            scaler.load_state_dict(resume_state["scaler"])
-        set_rng_state(resume_state["rng"])
-        start_epoch = resume_state["epoch"] + 1
-        best_miou, best_epoch = resume_state["best_miou"], resume_state["best_epoch"]
-        rows = list(resume_state["history"])
-        log(f"resuming {run_dir} after epoch {resume_state['epoch']} (best val mIoU {best_miou:.4f} at epoch {best_epoch})")
-    else:
-        if run_dir.exists():
-            shutil.rmtree(run_dir)  # --overwrite, checked above
-        (run_dir / "checkpoints").mkdir(parents=True)
-        with atomic_write(run_dir / "config.yaml") as f:
-            f.write(dump_config(cfg))
-        if weights is not None:
-            write_json(run_dir / "class_weights.json", {"scheme": cfg.loss.class_weights or "inverse", "class_names": names, "pixel_counts": pixel_counts, "weights": weights})
 
     def checkpoint_state(epoch: int) -> dict[str, Any]:
         return {
@@ -283,8 +345,39 @@ def train(cfg: Config, *, resume: bool = False, overwrite: bool = False, log=pri
             "class_weights": weights,
         }
 
-    if resume_state is None:
-        save_checkpoint(run_dir / "checkpoints" / "last.pt", checkpoint_state(0))  # resumable from the start
+    if resume_state is not None:
+        last = run_dir / "checkpoints" / "last.pt"
+        load_model_weights(model, resume_state, last, names, config_to_dict(cfg)["model"])
+        try:
+            optimizer.load_state_dict(resume_state["optimizer"])
+            if scheduler is not None and resume_state.get("scheduler"):
+                scheduler.load_state_dict(resume_state["scheduler"])
+            if scaler is not None and resume_state.get("scaler"):
+                scaler.load_state_dict(resume_state["scaler"])
+        except (ValueError, KeyError, RuntimeError, TypeError) as exc:
+            raise CheckpointError(f"{last}: the optimiser/scheduler state does not fit the config ({str(exc).splitlines()[0]}); "
+                                  "was an optim.* key changed since the run started?") from None
+        set_rng_state(resume_state["rng"])
+        start_epoch = resume_state["epoch"] + 1
+        best_miou, best_epoch = resume_state["best_miou"], resume_state["best_epoch"]
+        rows = list(resume_state["history"])
+        # Leftovers of a killed process: temporary files of unfinished writes, a best.pt one step behind.
+        remove_partial_files(run_dir)
+        if repair_best_checkpoint(run_dir, resume_state):
+            log(f"best.pt rewritten from last.pt (epoch {resume_state['epoch']}): the previous process stopped between the two writes")
+        if (run_dir / "config.yaml").read_text() != dump_config(cfg):  # --set on resume, or the folder was moved
+            with atomic_write(run_dir / "config.yaml") as f:
+                f.write(dump_config(cfg))
+        log(f"resuming {run_dir} after epoch {resume_state['epoch']} (best val mIoU {best_miou:.4f} at epoch {best_epoch})")
+    else:
+        def write_initial(folder: Path) -> None:
+            with atomic_write(folder / "config.yaml") as f:
+                f.write(dump_config(cfg))
+            if weights is not None:
+                write_json(folder / "class_weights.json", {"scheme": cfg.loss.class_weights or "inverse", "class_names": names, "pixel_counts": pixel_counts, "weights": weights})
+            save_checkpoint(folder / "checkpoints" / "last.pt", checkpoint_state(0))  # resumable from the start
+
+        create_run_dir(run_dir, write_initial)
 
     log(f"run {run_dir}: {len(datasets['train'])} train / {len(datasets['val'])} val images, classes {names}, device {device}"
         + (f", autocast {str(amp_dtype).replace('torch.', '')}" if amp_dtype else ""))
@@ -292,8 +385,11 @@ def train(cfg: Config, *, resume: bool = False, overwrite: bool = False, log=pri
     overlay_idx = overlay_indices(len(datasets["val"]), cfg.train.overlays)
 
     stop = {"signum": None}
+    main_pid = os.getpid()
 
     def request_stop(signum, frame):
+        if os.getpid() != main_pid:  # a DataLoader worker forked with this handler, before worker_signals ran
+            return
         if stop["signum"] is not None:
             raise KeyboardInterrupt  # a second Ctrl-C stops at once
         stop["signum"] = signum
@@ -301,6 +397,8 @@ def train(cfg: Config, *, resume: bool = False, overwrite: bool = False, log=pri
 
     previous = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
+        if cfg.data.cache != "none":  # decoded once here, before any loader worker is forked (seg_pet.cache)
+            cache_datasets(cfg, datasets, run_dir, workers, log)
         for epoch in range(start_epoch, cfg.optim.epochs + 1):
             started = time.perf_counter()
             # Reseeding from (seed, epoch) makes a resumed run replay the same shuffles and augmentations.
@@ -311,14 +409,18 @@ def train(cfg: Config, *, resume: bool = False, overwrite: bool = False, log=pri
             try:
                 stats = train_one_epoch(step_model, train_loader, loss_fn, optimizer, scheduler, device, amp_dtype=amp_dtype,
                                         scaler=scaler, grad_clip=cfg.optim.grad_clip, max_steps=steps_per_epoch,
-                                        desc=f"epoch {epoch}/{cfg.optim.epochs}", should_stop=lambda: stop["signum"] is not None)
+                                        desc=f"epoch {epoch}/{cfg.optim.epochs}", should_stop=lambda: stop["signum"] is not None,
+                                        channels_last=device.type == "cuda")
             except RuntimeError:
                 if stop["signum"] is None:
                     raise
                 stats = None  # a DataLoader worker died of the same signal
             if stop["signum"] is not None:
-                raise Interrupted(stop["signum"], run_dir, epoch)
-            matrix, val_loss = evaluate(step_model, val_loader, len(names), device, loss_fn=loss_fn, amp_dtype=amp_dtype, desc="val")
+                raise Interrupted(stop["signum"], run_dir, epoch - 1, f"during epoch {epoch} (its unfinished steps are discarded)")
+            matrix, val_loss = evaluate(step_model, val_loader, len(names), device, loss_fn=loss_fn, amp_dtype=amp_dtype, desc="val",
+                                        channels_last=device.type == "cuda")
+            if not math.isfinite(val_loss):  # NaN weights: nothing of this epoch is saved, best.pt and last.pt stay
+                raise TrainingDiverged(f"validation loss is {val_loss} after epoch {epoch}")
             metrics = compute_metrics(matrix.mat, names)
             row = {
                 "epoch": epoch,
@@ -342,14 +444,29 @@ def train(cfg: Config, *, resume: bool = False, overwrite: bool = False, log=pri
             improved = not math.isnan(metrics["miou"]) and metrics["miou"] > best_miou
             if improved:
                 best_miou, best_epoch = metrics["miou"], epoch
-                save_checkpoint(run_dir / "checkpoints" / "best.pt", checkpoint_state(epoch))
-            save_checkpoint(run_dir / "checkpoints" / "last.pt", checkpoint_state(epoch))
+            # last.pt first: if the process dies before best.pt is written, resume rewrites best.pt from it.
+            state = checkpoint_state(epoch)
+            save_checkpoint(run_dir / "checkpoints" / "last.pt", state)
+            if improved:
+                save_checkpoint(run_dir / "checkpoints" / "best.pt", state)
+            del state
             log(console_line(row, cfg.optim.epochs) + ("  *best*" if improved else ""))
             for warning in row["warnings"]:
                 log(f"  WARNING: {warning}")
+            if stop["signum"] is not None:  # arrived during validation or saving: this epoch is complete
+                raise Interrupted(stop["signum"], run_dir, epoch, f"after epoch {epoch}")
+            if stop_after_epoch is not None and epoch >= stop_after_epoch and epoch < cfg.optim.epochs:
+                log(f"stopped after epoch {epoch} as asked (--stop-after-epoch {stop_after_epoch}); continue with: {resume_command(run_dir)}")
+                return {}
     except TrainingDiverged as exc:
         raise TrainingDiverged(f"{exc}; training stopped. Checkpoints and metrics up to the last finished epoch are kept in {run_dir}. "
                                "Try a lower optim.lr, optim.grad_clip, or train.amp: false") from None
+    except (SegPetError, RuntimeError) as exc:
+        # Bad input found while reading pixels (a truncated image, a trimap value outside 1..3; a DataLoader
+        # worker re-raises it with its type). If no epoch finished in this new run, take the folder away again.
+        if resume_state is None and not rows and _is_input_error(exc):
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
@@ -359,11 +476,12 @@ def train(cfg: Config, *, resume: bool = False, overwrite: bool = False, log=pri
         log(f"test_metrics.json already exists in {run_dir}; not evaluating the test split again")
         return {}
     best_path = run_dir / "checkpoints" / "best.pt"
-    best_state = load_checkpoint(best_path)
-    load_model_weights(model, best_state, best_path, names)
-    test_metrics = evaluate_split(model, test_set, cfg, device, names, desc="test")
-    test_metrics = {"split": "test", "checkpoint": "best", "checkpoint_epoch": best_state["epoch"], **test_metrics}
-    write_test_outputs(run_dir, test_metrics, names)
+    with signals_raise(Interrupted, run_dir, cfg.optim.epochs, "during the final test evaluation (every epoch is saved; resuming runs only the test evaluation)"):
+        best_state = load_checkpoint(best_path)
+        load_model_weights(model, best_state, best_path, names)
+        test_metrics = evaluate_split(model, test_set, cfg, device, names, desc="test")
+        test_metrics = {"split": "test", "checkpoint": "best", "checkpoint_epoch": best_state["epoch"], **test_metrics}
+        write_test_outputs(run_dir, test_metrics, names)  # atomic files, test_metrics.json last
     log(f"\ntest split, best checkpoint (epoch {best_state['epoch']}), {test_metrics['num_images']} images:")
     log(format_table(test_metrics, names))
     return test_metrics

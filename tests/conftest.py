@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
+import torch
+
+# Tiny tensors: one intra-op thread is faster than two, and on a shared CPU two spinning threads
+# can slow a step tenfold. Subprocesses started by tests inherit the environment variable.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+torch.set_num_threads(1)
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"  # the real two-breed slice sits beside the repo

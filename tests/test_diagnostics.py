@@ -42,13 +42,6 @@ NAMES = ["pet", "background", "border"]
 C = len(NAMES)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # The machine's cores are shared: OpenMP threads fighting over them made CPU training >10x slower.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def healthy_targets(n: int = 2, size: int = 8) -> torch.Tensor:

@@ -1,0 +1,393 @@
+"""Where does a training step's time go? Throughput of each part of the pipeline, in one process.
+
+Images per second for
+    ceiling          the model step alone on one device-resident batch: forward + backward + AdamW
+    engine_resident  engine.train_one_epoch on device-resident batches: the ceiling plus what the
+                     engine adds per step (finite-loss check, gradient norm, scheduler)
+    data_<cache>     the training DataLoader exactly as `train` builds it (a fresh, seeded loader
+                     per epoch), batches drawn and dropped
+    train_<cache>    engine.train_one_epoch over that loader: the step as `train` runs it
+    eval_<cache>     engine.evaluate over the validation loader (forward only: may exceed 1.0)
+each also as a ratio to the ceiling measured in the same run, for the cache `none` and the
+one asked for (--cache), plus the per-epoch loader start cost (workers are not persistent,
+see seg_pet.data.make_loader), peak GPU memory (CUDA) or peak RSS (CPU), and the settings.
+
+Loader phases are timed in steady state: the intervals between consecutive batches after
+the warm-up, leaving out each epoch's first batch (its start is reported separately as
+`epoch_start_s`). Defaults follow the device: on CUDA issue #6's settings (256 px, batch 32,
+U-Net resnet34, bf16 autocast, channels_last); on CPU 128 px, batch 8, resnet18, fp32.
+
+    python scripts/benchmark.py --data-root /work/shared/data --out outputs/benchmark/cpu.json
+    python scripts/benchmark.py --device cuda --data-root data --cache memory --out outputs/benchmark/h100.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import resource
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Optional
+
+import segmentation_models_pytorch as smp
+import torch
+import torchvision
+
+from seg_pet.cache import attach_cache
+from seg_pet.config import load_config
+from seg_pet.data import build_datasets, class_names, make_loader, resolve_num_workers, usable_cpus
+from seg_pet.engine import autocast, evaluate, train_one_epoch
+from seg_pet.fileio import write_json
+from seg_pet.losses import build_loss
+from seg_pet.models import build_model
+from seg_pet.train import amp_dtype_for, build_optimizer, epoch_seed, resolve_device
+
+GPU_DEFAULTS = {"image_size": 256, "batch_size": 32, "encoder": "resnet34", "steps": 30, "warmup": 10}
+CPU_DEFAULTS = {"image_size": 128, "batch_size": 8, "encoder": "resnet18", "steps": 8, "warmup": 2}
+
+
+def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--image-size", type=int, help="default 256 on CUDA, 128 on CPU")
+    p.add_argument("--batch-size", type=int, help="default 32 on CUDA, 8 on CPU")
+    p.add_argument("--encoder", help="default resnet34 on CUDA, resnet18 on CPU (random init: speed does not depend on weights)")
+    p.add_argument("--arch", default="unet")
+    p.add_argument("--workers", default="auto", help="DataLoader workers: auto (data.resolve_num_workers) or a number")
+    p.add_argument("--steps", type=int, help="timed steps per phase (default 30 CUDA, 8 CPU)")
+    p.add_argument("--warmup", type=int, help="untimed steps per phase first (default 10 CUDA, 2 CPU)")
+    p.add_argument("--data-root", default="data", help="the folder holding oxford-iiit-pet/ (data.root)")
+    p.add_argument("--synthetic", type=int, metavar="N", help="generate an N-image synthetic dataset into --data-root instead")
+    p.add_argument("--cache", choices=("none", "memory", "disk"), default="memory", help="cache measured beside `none`")
+    p.add_argument("--run-dir", default="outputs/benchmark", help="holds a disk cache when data.root is read-only")
+    p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=True, help="bf16 autocast (CUDA only, as in train)")
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None, help="default: on for CUDA, as in train")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model (warm-up absorbs compilation)")
+    p.add_argument("--threads", type=int, help="torch.set_num_threads for the main process (default: torch's own choice)")
+    p.add_argument("--out", type=Path, help="write the results as JSON here")
+    return p.parse_args(argv)
+
+
+# --------------------------------------------------------------------------- timing helpers
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class Clocked:
+    """Batches from successive per-epoch loaders, `total` in all, with the time each one was handed out.
+
+    Passed to the engine in place of a DataLoader, so what is timed is exactly engine code over
+    loaders built the way `train` builds them.
+    """
+
+    def __init__(self, make_loader_for_epoch: Callable[[int], Iterable], total: int):
+        self.make_loader_for_epoch = make_loader_for_epoch
+        self.total = total
+        self.stamps: list[tuple[float, int, bool]] = []  # (time, images in batch, first batch of its epoch)
+        self.epoch_starts: list[float] = []  # seconds from loader creation to its first batch
+
+    def __len__(self) -> int:
+        return self.total
+
+    def __iter__(self) -> Iterator[Any]:
+        handed, epoch = 0, 1
+        while handed < self.total:
+            created = time.perf_counter()
+            first = True
+            for batch in self.make_loader_for_epoch(epoch):
+                now = time.perf_counter()
+                if first:
+                    self.epoch_starts.append(now - created)
+                self.stamps.append((now, len(batch[0]), first))
+                first = False
+                handed += 1
+                yield batch
+                if handed >= self.total:
+                    return
+            epoch += 1
+
+    def rate(self, warmup: int, count: str, loader: bool = True) -> dict[str, Any]:
+        """Steady images/s from batch intervals after `warmup`, skipping intervals that end at an epoch's first batch.
+
+        count="arriving": the interval produced the batch at its end (loader alone);
+        count="processed": the interval processed the batch at its start (engine over a loader).
+        When every epoch is a single batch (a tiny validation split), epoch starts are counted in.
+        """
+        steady = [k for k in range(max(warmup, 1), len(self.stamps)) if not self.stamps[k][2]]
+        with_starts = not steady
+        keep = steady or list(range(max(warmup, 1), len(self.stamps)))
+        seconds = sum(self.stamps[k][0] - self.stamps[k - 1][0] for k in keep)
+        images = sum(self.stamps[k][1] if count == "arriving" else self.stamps[k - 1][1] for k in keep)
+        rate = images / seconds if seconds > 0 else math.nan
+        per_batch = seconds / len(keep) if keep else math.nan
+        result: dict[str, Any] = {"images_per_s": rate, "ms_per_batch": 1000 * per_batch, "timed_batches": len(keep)}
+        if loader:
+            starts = self.epoch_starts[1:] or self.epoch_starts  # the first loader also pays one-off costs
+            start = sum(starts) / len(starts) if starts else math.nan
+            result["epoch_start_s"] = start
+            if count == "arriving":
+                # Loader alone: a fresh loader's first batch costs one steady batch anyway; the rest is the worker start.
+                result["epoch_start_overhead_s"] = start - per_batch if not with_starts else math.nan
+            else:
+                # Engine over a loader: in steady state prefetching hides loading, so the step idles for the whole wait.
+                result["epoch_start_overhead_s"] = start
+            result["includes_epoch_starts"] = with_starts
+        return result
+
+
+class Resident:
+    """The same device-resident batch, `total` times: engine code with no data pipeline at all."""
+
+    def __init__(self, batch: tuple[torch.Tensor, torch.Tensor], total: int):
+        self.batch, self.total = batch, total
+
+    def __len__(self) -> int:
+        return self.total
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for _ in range(self.total):
+            yield self.batch
+
+
+def peak_gpu_mib(device: torch.device) -> Optional[float]:
+    return torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
+
+
+def reset_peak(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+# --------------------------------------------------------------------------- phases
+
+
+def time_ceiling(model, loss_fn, optimizer, batch, device, amp_dtype, warmup: int, steps: int) -> dict[str, float]:
+    """forward + backward + AdamW on a device-resident batch, no host sync inside the timed loop."""
+    images, targets = batch
+    scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
+
+    def step() -> None:
+        with autocast(device, amp_dtype):
+            logits = model(images)
+            loss = loss_fn(logits.float(), targets)
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
+
+    model.train()
+    for _ in range(warmup):
+        step()
+    sync(device)
+    started = time.perf_counter()
+    for _ in range(steps):
+        step()
+    sync(device)
+    seconds = time.perf_counter() - started
+    return {"images_per_s": steps * images.shape[0] / seconds, "ms_per_batch": 1000 * seconds / steps, "timed_batches": steps}
+
+
+def run_benchmark(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict[str, Any]:
+    device = resolve_device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    defaults = GPU_DEFAULTS if device.type == "cuda" else CPU_DEFAULTS
+    size = args.image_size or defaults["image_size"]
+    batch_size = args.batch_size or defaults["batch_size"]
+    encoder = args.encoder or defaults["encoder"]
+    steps = args.steps or defaults["steps"]
+    warmup = defaults["warmup"] if args.warmup is None else args.warmup
+    channels_last = device.type == "cuda" if args.channels_last is None else args.channels_last
+    amp_dtype = amp_dtype_for(device, args.amp)
+    workers = resolve_num_workers(args.workers if args.workers == "auto" else int(args.workers))
+    load_avg_start = os.getloadavg()
+
+    overrides = [
+        f"data.root={args.data_root}", f"data.image_size={size}", f"data.batch_size={batch_size}", f"data.num_workers={workers}",
+        f"model.arch={args.arch}", f"model.encoder={encoder}", "model.encoder_weights=null", f"train.device={args.device}",
+    ]
+    if args.synthetic:
+        overrides += ["data.source=synthetic", f"data.synthetic_images={args.synthetic}"]
+    cfg = load_config(None, overrides)
+    names = class_names(cfg.data.border)
+    torch.backends.cudnn.benchmark = device.type == "cuda"  # as train sets it
+    torch.manual_seed(0)
+
+    datasets = build_datasets(cfg)
+    train_set, val_set = datasets["train"], datasets["val"]
+    if len(train_set) < batch_size:
+        raise SystemExit(f"the training split has {len(train_set)} images, fewer than one batch of {batch_size}")
+    model = build_model(cfg.model, len(names)).to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    loss_fn = build_loss(cfg.loss, names, None)
+    optimizer = build_optimizer(cfg, model)
+    step_model = torch.compile(model) if args.compile else model
+    memory_format = torch.channels_last if channels_last else torch.preserve_format
+    pin = device.type == "cuda"
+
+    def train_loader(epoch: int):
+        torch.manual_seed(epoch_seed(cfg.run.seed, epoch))  # as train does before each epoch's loader
+        return make_loader(train_set, batch_size, shuffle=True, num_workers=workers, seed=epoch_seed(cfg.run.seed, epoch),
+                           pin_memory=pin, drop_last=True)
+
+    def val_loader(_: int):
+        return make_loader(val_set, batch_size, shuffle=False, num_workers=workers, pin_memory=pin)
+
+    results: dict[str, dict[str, Any]] = {}
+    peak_gpu: dict[str, Optional[float]] = {}
+    total = warmup + steps + 1
+
+    def record(name: str, result: dict[str, Any]) -> None:
+        results[name] = result
+        peak_gpu[name] = peak_gpu_mib(device)
+        reset_peak(device)  # each phase's peak on its own
+        log(f"  {name:<16} {result['images_per_s']:8.1f} img/s")
+
+    log(f"benchmark on {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else cpu_model()}): "
+        f"{args.arch}/{encoder} {size} px, batch {batch_size}, {workers} workers, "
+        f"amp {str(amp_dtype).replace('torch.', '') if amp_dtype else 'off'}, channels_last {channels_last}, compile {args.compile}")
+
+    # 1. The ceiling and the engine on resident data.
+    images = torch.randn(batch_size, 3, size, size, device=device).contiguous(memory_format=memory_format)
+    targets = torch.randint(0, len(names), (batch_size, size, size), device=device)
+    reset_peak(device)
+    record("ceiling", time_ceiling(step_model, loss_fn, optimizer, (images, targets), device, amp_dtype, warmup, steps))
+    resident = Clocked(lambda _: Resident((images, targets), total), total)
+    train_one_epoch(step_model, resident, loss_fn, optimizer, None, device, amp_dtype=amp_dtype, desc="engine", channels_last=channels_last)
+    sync(device)
+    record("engine_resident", resident.rate(warmup, "processed", loader=False))
+    del images, targets
+
+    # 2. Data alone, training step and evaluation, for each cache setting.
+    caches = ["none"] if args.cache == "none" else ["none", args.cache]
+    cache_info: dict[str, Any] = {}
+    for cache in caches:
+        if cache != "none":
+            started = time.perf_counter()
+            path = None
+            for split, ds in (("train", train_set), ("val", val_set)):
+                path = attach_cache(ds, cache, data_root=cfg.data.root, run_dir=args.run_dir, num_workers=workers, log=log, name=split) or path
+            entries = train_set.cache + val_set.cache
+            cache_info = {
+                "mode": cache,
+                "build_s": time.perf_counter() - started,
+                "size_mib": sum(t.numel() * t.element_size() for pair in entries for t in pair) / 2**20,
+                "disk_folder": str(path.parent) if path is not None else None,
+            }
+        data = Clocked(train_loader, total)
+        for batch in data:
+            pass
+        record(f"data_{cache}", data.rate(warmup, "arriving"))
+        clocked = Clocked(train_loader, total)
+        train_one_epoch(step_model, clocked, loss_fn, optimizer, None, device, amp_dtype=amp_dtype, desc=f"train {cache}",
+                        channels_last=channels_last)
+        sync(device)
+        record(f"train_{cache}", clocked.rate(warmup, "processed"))
+        clocked = Clocked(val_loader, total)
+        evaluate(step_model, clocked, len(names), device, loss_fn=loss_fn, amp_dtype=amp_dtype, desc=f"eval {cache}",
+                 channels_last=channels_last)
+        sync(device)
+        record(f"eval_{cache}", clocked.rate(warmup, "processed"))
+
+    ceiling = results["ceiling"]["images_per_s"]
+    for result in results.values():
+        result["ratio_to_ceiling"] = result["images_per_s"] / ceiling
+    derived = {}
+    for cache in caches:
+        # > 1: the loader alone outruns the step it feeds (on CPU both share the same cores, so
+        # the end-to-end ratio train/engine_resident is the one that shows the real cost).
+        derived[f"data_over_train_step_{cache}"] = results[f"data_{cache}"]["images_per_s"] / results[f"train_{cache}"]["images_per_s"]
+        derived[f"data_over_ceiling_{cache}"] = results[f"data_{cache}"]["images_per_s"] / ceiling
+        derived[f"train_over_engine_resident_{cache}"] = results[f"train_{cache}"]["images_per_s"] / results["engine_resident"]["images_per_s"]
+
+    usage = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    memory = {"peak_rss_mib": usage, "peak_rss_workers_mib": children}
+    if device.type == "cuda":
+        memory["peak_gpu_mib"] = peak_gpu
+    settings = {
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "smp": smp.__version__,
+        "python": platform.python_version(),
+        "usable_cpus": usable_cpus(),
+        "torch_threads": torch.get_num_threads(),
+        "load_average_start": list(load_avg_start),
+        "load_average_end": list(os.getloadavg()),
+        "data_root": str(cfg.data.root),
+        "data_source": cfg.data.source,
+        "train_images": len(train_set),
+        "val_images": len(val_set),
+        "arch": args.arch,
+        "encoder": encoder,
+        "image_size": size,
+        "batch_size": batch_size,
+        "workers": workers,
+        "amp": str(amp_dtype).replace("torch.", "") if amp_dtype else None,
+        "channels_last": channels_last,
+        "compile": args.compile,
+        "cudnn_benchmark": torch.backends.cudnn.benchmark,
+        "warmup_steps": warmup,
+        "timed_steps": steps,
+        "cache": args.cache,
+        "command": "python scripts/benchmark.py " + " ".join(args.argv),
+    }
+    return {"settings": settings, "results": results, "derived": derived, "cache": cache_info, "memory": memory}
+
+
+def format_table(report: dict[str, Any]) -> str:
+    rows = [f"{'phase':<18}{'img/s':>9}{'x ceiling':>11}{'ms/batch':>10}{'epoch start s':>15}"]
+    for name, r in report["results"].items():
+        start = r.get("epoch_start_s")
+        start_text = f"{start:.2f}" if start is not None and not math.isnan(start) else "-"
+        rows.append(f"{name:<18}{r['images_per_s']:>9.1f}{r['ratio_to_ceiling']:>11.2f}{r['ms_per_batch']:>10.1f}{start_text:>15}")
+    for key, value in report["derived"].items():
+        rows.append(f"{key}: {value:.2f}")
+    if report["cache"]:
+        c = report["cache"]
+        rows.append(f"cache {c['mode']}: built in {c['build_s']:.1f}s, {c['size_mib']:.0f} MiB")
+    mem = report["memory"]
+    rows.append(f"peak RSS {mem['peak_rss_mib']:.0f} MiB (largest worker {mem['peak_rss_workers_mib']:.0f} MiB)")
+    if "peak_gpu_mib" in mem:
+        rows.append("peak GPU MiB: " + ", ".join(f"{k} {v:.0f}" for k, v in mem["peak_gpu_mib"].items()))
+    return "\n".join(rows)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
+    report = run_benchmark(args)
+    print(format_table(report))
+    if args.out is not None:
+        write_json(args.out, report)
+        print(f"written to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
