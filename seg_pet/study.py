@@ -44,6 +44,7 @@ from seg_pet.errors import ConfigError, SegPetError
 from seg_pet.fileio import atomic_path, atomic_write
 from seg_pet.losses import BACKGROUND, LOSS_NAMES, build_loss, compute_class_weights, needs_class_weights, validate_loss_options
 from seg_pet.metrics import ConfusionMatrix, compute_metrics
+from seg_pet.train import resolve_device
 
 TOY_CLASSES = ["foreground", BACKGROUND]  # same order as the Pet classes: the object first, background second
 FOREGROUND_ID, BACKGROUND_ID = 0, 1
@@ -245,18 +246,6 @@ def validate_study(cfg: StudyConfig) -> None:
             fail(f"optim.{key}", f"must be > 0, got {getattr(o, key)}")
     if not 0.0 <= o.sgd_momentum < 1.0:
         fail("optim.sgd_momentum", f"must be in [0, 1), got {o.sgd_momentum}")
-
-
-def resolve_device(setting: str) -> torch.device:
-    if setting == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if setting.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise ConfigError(f"study.device: {setting!r} requested but CUDA is not available here; use cpu or auto")
-        index = int(setting.split(":")[1]) if ":" in setting else 0
-        if index >= torch.cuda.device_count():
-            raise ConfigError(f"study.device: {setting!r} but only {torch.cuda.device_count()} CUDA device(s) are visible")
-    return torch.device(setting)
 
 
 # --------------------------------------------------------------------------- data
@@ -710,7 +699,7 @@ def run_study(config_path: str | Path | None, overrides: Iterable[str] = (), *, 
     cfg = load_study_config(config_path, list(overrides))
     out_dir = cfg.out_dir
     check_out_dir(out_dir, overwrite)
-    device = resolve_device(cfg.study.device)
+    device = resolve_device(cfg.study.device, key="study.device")
     threads = torch.get_num_threads()
     if device.type == "cpu" and cfg.study.cpu_threads is not None:
         torch.set_num_threads(cfg.study.cpu_threads)

@@ -79,15 +79,16 @@ class Interrupted(BaseException):
 # --------------------------------------------------------------------------- setup helpers
 
 
-def resolve_device(setting: str) -> torch.device:
+def resolve_device(setting: str, key: str = "train.device") -> torch.device:
+    """auto | cpu | cuda | cuda:N -> a device that exists here; `key` names the setting in errors."""
     if setting == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if setting.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise ConfigError(f"train.device: {setting!r} requested but CUDA is not available here (torch {torch.__version__}); use train.device: cpu or auto")
+            raise ConfigError(f"{key}: {setting!r} requested but CUDA is not available here (torch {torch.__version__}); use {key}: cpu or auto")
         index = int(setting.split(":")[1]) if ":" in setting else 0
         if index >= torch.cuda.device_count():
-            raise ConfigError(f"train.device: {setting!r} but only {torch.cuda.device_count()} CUDA device(s) are visible")
+            raise ConfigError(f"{key}: {setting!r} but only {torch.cuda.device_count()} CUDA device(s) are visible")
     return torch.device(setting)
 
 
