@@ -14,6 +14,7 @@ with `data.border` choosing what happens to the thin border ring:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 from collections import defaultdict
@@ -65,9 +66,13 @@ def open_split(root: str | Path, split: str, download: bool = False) -> OxfordII
     """The torchvision dataset object for one official split, with its errors made one-line."""
     base = Path(root) / "oxford-iiit-pet"
     if download:
+        created = [p for p in (base, Path(root)) if not p.exists()]
         try:
             return OxfordIIITPet(root, split=split, target_types="segmentation", download=True)
         except Exception as exc:  # network errors come as URLError, OSError, RuntimeError...
+            for folder in created:  # leave no empty dataset folder behind a failed download
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
             reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise DataError(
                 f"could not download Oxford-IIIT Pet into {base} ({reason}); download images.tar.gz and "

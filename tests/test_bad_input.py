@@ -129,6 +129,7 @@ def test_download_without_network(tmp_path, capsys, monkeypatch):
     import torchvision.datasets.oxford_iiit_pet as tv_pet
 
     def offline(*args, **kwargs):
+        Path(kwargs["download_root"]).mkdir(parents=True, exist_ok=True)  # as torchvision does before fetching
         raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
 
     monkeypatch.setattr(tv_pet, "download_and_extract_archive", offline)
@@ -136,6 +137,7 @@ def test_download_without_network(tmp_path, capsys, monkeypatch):
     assert "could not download Oxford-IIIT Pet" in message and "Temporary failure in name resolution" in message
     assert "set data.download: false" in message
     assert not (tmp_path / "out").exists()
+    assert not (tmp_path / "nodata").exists(), "a failed download must not leave empty dataset folders"
 
 
 def test_image_not_an_image(tmp_path, capsys, dataset):
