@@ -16,7 +16,7 @@ import threading
 from pathlib import Path
 from typing import Optional, Sequence
 
-from seg_pet.errors import SegPetError, TrainingDiverged
+from seg_pet.errors import SegPetError, TrainingDiverged, is_input_error
 
 
 class _Parser(argparse.ArgumentParser):
@@ -105,21 +105,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except Terminated:
         print("terminated (SIGTERM)", file=sys.stderr)
         return 143
-    except SegPetError as exc:
-        print(f"error: {one_line(exc)}", file=sys.stderr)
-        return 2
     except TrainingDiverged as exc:
         print(f"error: {one_line(exc)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except RuntimeError as exc:
-        # A worker's SegPetError arrives re-raised as a RuntimeError-like wrapper by the DataLoader.
-        if "seg_pet.errors." in str(exc):
-            print(f"error: {one_line(exc)}", file=sys.stderr)
-            return 2
-        raise
+    except (SegPetError, RuntimeError) as exc:
+        if not is_input_error(exc):
+            raise
+        print(f"error: {one_line(exc)}", file=sys.stderr)
+        return 2
     finally:
         if in_main_thread:
             signal.signal(signal.SIGTERM, previous)

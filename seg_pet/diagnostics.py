@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from seg_pet.metrics import ConfusionMatrix, compute_metrics
+from seg_pet.metrics import ConfusionMatrix, batch_metrics, compute_metrics
 
 IGNORE_INDEX = 255  # same value as seg_pet.data.IGNORE_INDEX (not imported: data imports heavy modules)
 
@@ -308,12 +308,6 @@ def check_loss_floor(loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tenso
     )
 
 
-def batch_miou(logits: torch.Tensor, targets: torch.Tensor, num_classes: int, ignore_index: int = IGNORE_INDEX) -> float:
-    matrix = ConfusionMatrix(num_classes, ignore_index)
-    matrix.update(targets, logits.argmax(dim=1))
-    return compute_metrics(matrix.mat, [str(c) for c in range(num_classes)])["miou"]
-
-
 def check_overfit(model: nn.Module, images: torch.Tensor, targets: torch.Tensor,
                   loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], num_classes: int, *,
                   steps: int = OVERFIT_STEPS, lr: float = OVERFIT_LR, floor: float = 0.0, note: str = "") -> CheckResult:
@@ -339,7 +333,7 @@ def check_overfit(model: nn.Module, images: torch.Tensor, targets: torch.Tensor,
             return CheckResult(name, FAIL, f"{wiring} (loss became {loss_value} at step {step}{note})", "check the loss, lr and input values")
         if step == 1:
             first = loss_value
-        miou = batch_miou(logits.detach(), targets, num_classes)
+        miou = batch_metrics(logits.detach(), targets, [str(c) for c in range(num_classes)])["miou"]
         cut = (first - loss_value) / max(first - floor, 1e-12)
         if cut > OVERFIT_LOSS_CUT and miou > OVERFIT_MIOU:
             return CheckResult(name, PASS, f"loss {first:.4f} -> {loss_value:.4f} (-{cut:.1%}), batch mIoU {miou:.3f} after {step} "

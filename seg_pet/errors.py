@@ -17,5 +17,10 @@ class CheckpointError(SegPetError):
     """A checkpoint is missing, truncated, not a checkpoint, or does not fit the model."""
 
 
+def is_input_error(exc: BaseException) -> bool:
+    """A SegPetError, also one a DataLoader worker re-raised wrapped (its text names the seg_pet type)."""
+    return isinstance(exc, SegPetError) or (isinstance(exc, RuntimeError) and "seg_pet.errors." in str(exc))
+
+
 class TrainingDiverged(Exception):
     """The loss became NaN or Inf; training stopped (exit code 1, not a user-input error)."""

@@ -123,3 +123,10 @@ def confusion_csv(mat: torch.Tensor, class_names: list[str]) -> str:
     for name, counts in zip(class_names, mat.detach().cpu().tolist()):
         rows.append(",".join([name, *(str(int(v)) for v in counts)]))
     return "\n".join(rows) + "\n"
+
+
+def batch_metrics(logits: torch.Tensor, target: torch.Tensor, class_names: list[str], ignore_index: int = 255) -> dict:
+    """`compute_metrics` of one batch's argmax prediction (for monitoring single steps, not for reporting)."""
+    matrix = ConfusionMatrix(len(class_names), ignore_index)
+    matrix.update(target, logits.argmax(dim=1))
+    return compute_metrics(matrix.mat, class_names)

@@ -41,10 +41,11 @@ from tqdm import tqdm
 
 from seg_pet.config import LossConfig, _build_section, _suggest, apply_override, read_yaml
 from seg_pet.errors import ConfigError, SegPetError
-from seg_pet.fileio import atomic_path, atomic_write
+from seg_pet.fileio import atomic_write
 from seg_pet.losses import BACKGROUND, LOSS_NAMES, build_loss, compute_class_weights, needs_class_weights, validate_loss_options
-from seg_pet.metrics import ConfusionMatrix, compute_metrics
+from seg_pet.metrics import ConfusionMatrix, batch_metrics, compute_metrics
 from seg_pet.train import resolve_device
+from seg_pet.visualisation import new_figure, save_figure
 
 TOY_CLASSES = ["foreground", BACKGROUND]  # same order as the Pet classes: the object first, background second
 FOREGROUND_ID, BACKGROUND_ID = 0, 1
@@ -440,16 +441,8 @@ def build_losses(names: list[str], task: StudyTask, device: torch.device) -> dic
 
 
 def global_grad_norm(model: nn.Module) -> float:
-    """L2 norm of all parameter gradients together (what clip_grad_norm_ would clip)."""
-    norms = [torch.linalg.vector_norm(p.grad.detach()) for p in model.parameters() if p.grad is not None]
-    return float(torch.linalg.vector_norm(torch.stack(norms))) if norms else 0.0
-
-
-def batch_ious(logits: torch.Tensor, target: torch.Tensor, class_names: list[str]) -> dict[str, float]:
-    """Per-class IoU of one batch's argmax prediction (the project's confusion-matrix metrics)."""
-    matrix = ConfusionMatrix(len(class_names))
-    matrix.update(target, logits.argmax(1))
-    return compute_metrics(matrix.mat, class_names)["iou"]
+    """L2 norm of all parameter gradients together; with max_norm=inf clip_grad_norm_ only measures it."""
+    return float(torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=math.inf))
 
 
 def train_run(
@@ -478,7 +471,7 @@ def train_run(
             row: dict[str, Any] = {"step": step + 1}
             row.update({f"loss_{name}": float(fn(detached, y)) for name, fn in losses.items()})
             row["grad_norm"] = grad_norm
-            ious = batch_ious(detached, y, task.class_names)
+            ious = batch_metrics(detached, y, task.class_names)["iou"]
             scored = [v for v in ious.values() if not math.isnan(v)]
             row["batch_fg_iou"] = ious[task.focus]
             # The convergence quantity, per step: at 95 % foreground the fg IoU alone hides a collapse.
@@ -582,27 +575,13 @@ def _combo_label(batch_norm: bool, optimizer: str) -> str:
     return f"{'BN' if batch_norm else 'no BN'}, {optimizer.upper() if optimizer == 'sgd' else optimizer.capitalize()}"
 
 
-def _new_figure(width: float, height: float, layout: str | None = None):
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(width, height), dpi=100, layout=layout)
-    FigureCanvasAgg(fig)
-    return fig
-
-
-def _save(fig, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-
-
 def plot_step_grid(runs: list[dict[str, Any]], steps_by_run: dict[int, list[dict[str, Any]]], rows: list[tuple[float, str]],
                    losses: list[str], value: str, title: str, path: Path, log_y: bool = False) -> None:
     """Rows = foreground ratio, columns = trained loss, one line per (BN, optimiser).
 
     value: "trained" plots each run's own training loss; otherwise a steps.csv column (grad_norm).
     """
-    fig = _new_figure(2.7 * len(losses) + 0.8, 2.2 * len(rows) + 1.1)
+    fig = new_figure(2.7 * len(losses) + 0.8, 2.2 * len(rows) + 1.1)
     axes = fig.subplots(len(rows), len(losses), squeeze=False, sharex=True)
     for i, (ratio, label) in enumerate(rows):
         for j, loss in enumerate(losses):
@@ -637,7 +616,7 @@ def plot_step_grid(runs: list[dict[str, Any]], steps_by_run: dict[int, list[dict
         fig.legend(handles, labels, loc="lower center", ncol=len(labels), frameon=False, fontsize=8)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout(rect=(0, 0.05, 1, 0.96))
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_iou_heatmap(runs: list[dict[str, Any]], rows: list[tuple[float, str]], losses: list[str], batch_norm: list[bool],
@@ -649,7 +628,7 @@ def plot_iou_heatmap(runs: list[dict[str, Any]], rows: list[tuple[float, str]], 
     """
     import numpy as np
 
-    fig = _new_figure(1.2 * len(losses) * len(optimizers) + 1.8, 0.75 * len(rows) * len(batch_norm) + 1.6, layout="constrained")
+    fig = new_figure(1.2 * len(losses) * len(optimizers) + 1.8, 0.75 * len(rows) * len(batch_norm) + 1.6, layout="constrained")
     axes = fig.subplots(len(batch_norm), len(optimizers), squeeze=False)
     image = None
     for bi, bn in enumerate(batch_norm):
@@ -679,7 +658,7 @@ def plot_iou_heatmap(runs: list[dict[str, Any]], rows: list[tuple[float, str]], 
         fig.colorbar(image, ax=axes.ravel().tolist(), fraction=0.03, pad=0.02, label=f"final {focus} IoU")
     fig.suptitle(f"final {focus} IoU on held-out data; \u2713 converged (every class IoU >= {min_iou:g}), "
                  f"collapsed = some class IoU < {COLLAPSED_BELOW:g}", fontsize=9)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 # --------------------------------------------------------------------------- the workflow

@@ -39,7 +39,7 @@ from seg_pet.data import (
 )
 from seg_pet.diagnostics import epoch_warnings
 from seg_pet.engine import evaluate, train_one_epoch
-from seg_pet.errors import CheckpointError, ConfigError, SegPetError, TrainingDiverged
+from seg_pet.errors import CheckpointError, ConfigError, SegPetError, TrainingDiverged, is_input_error
 from seg_pet.evaluate import evaluate_split, write_test_outputs
 from seg_pet.fileio import atomic_write, remove_partial_files, write_json
 from seg_pet.losses import build_loss, compute_class_weights, needs_class_weights
@@ -193,10 +193,6 @@ def repair_best_checkpoint(run_dir: Path, last_state: dict[str, Any]) -> bool:
         pass
     save_checkpoint(best_path, last_state)
     return True
-
-
-def _is_input_error(exc: BaseException) -> bool:
-    return isinstance(exc, SegPetError) or "seg_pet.errors." in str(exc)
 
 
 @contextlib.contextmanager
@@ -465,7 +461,7 @@ def train(cfg: Config, *, resume: bool = False, overwrite: bool = False, stop_af
     except (SegPetError, RuntimeError) as exc:
         # Bad input found while reading pixels (a truncated image, a trimap value outside 1..3; a DataLoader
         # worker re-raises it with its type). If no epoch finished in this new run, take the folder away again.
-        if resume_state is None and not rows and _is_input_error(exc):
+        if resume_state is None and not rows and is_input_error(exc):
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
     finally:

@@ -118,13 +118,14 @@ def per_image_iou(target: np.ndarray, pred: np.ndarray, num_classes: int) -> lis
     return ious
 
 
-def _new_figure(width: float, height: float) -> Figure:
-    fig = Figure(figsize=(width, height), dpi=_DPI)
+def new_figure(width: float, height: float, layout: str | None = None) -> Figure:
+    """A pyplot-free figure with an Agg canvas (no global backend state)."""
+    fig = Figure(figsize=(width, height), dpi=_DPI, layout=layout)
     FigureCanvasAgg(fig)
     return fig
 
 
-def _save_figure(fig: Figure, path: str | os.PathLike) -> None:
+def save_figure(fig: Figure, path: str | os.PathLike) -> None:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=_DPI)
 
@@ -160,7 +161,7 @@ def save_panel(
     h, w = img.shape[:2]
     panel_w = 3.2
     panel_h = min(max(panel_w * h / w, 1.6), 6.0)
-    fig = _new_figure(3 * panel_w, panel_h + 1.1)
+    fig = new_figure(3 * panel_w, panel_h + 1.1)
     axes = fig.subplots(1, 3)
     for ax, picture, label in zip(
         axes,
@@ -188,7 +189,7 @@ def save_panel(
         fontsize=9,
     )
     fig.subplots_adjust(left=0.02, right=0.98, bottom=0.12, top=0.88 - 0.04 * len(lines), wspace=0.05)
-    _save_figure(fig, path)
+    save_figure(fig, path)
 
 
 def _num(value: Any) -> float:
@@ -226,7 +227,7 @@ def plot_curves(
         raise ValueError("plot_curves needs at least one epoch row")
     epochs = [_num(r.get("epoch", i + 1)) for i, r in enumerate(rows)]
     has_lr = any(not math.isnan(_num(r.get("lr"))) for r in rows)
-    fig = _new_figure(11.0 if has_lr else 9.0, 3.8)
+    fig = new_figure(11.0 if has_lr else 9.0, 3.8)
     axes = fig.subplots(1, 3 if has_lr else 2)
     marker = dict(marker="o", markersize=3.5)
 
@@ -272,7 +273,7 @@ def plot_curves(
     for ax in axes:
         ax.xaxis.get_major_locator().set_params(integer=True)
     fig.tight_layout()
-    _save_figure(fig, path)
+    save_figure(fig, path)
 
 
 def normalise_rows(mat: Any) -> np.ndarray:
@@ -292,7 +293,7 @@ def plot_confusion(mat: Any, class_names: Sequence[str], path: str | os.PathLike
     if shares.shape != (n, n):
         raise ValueError(f"confusion matrix is {shares.shape} but there are {n} class names")
     size = 1.3 * n + 2.2
-    fig = _new_figure(size + 0.6, size)
+    fig = new_figure(size + 0.6, size)
     ax = fig.subplots()
     im = ax.imshow(shares, cmap="Blues", vmin=0.0, vmax=1.0)
     row_totals = counts.sum(axis=1)
@@ -316,7 +317,7 @@ def plot_confusion(mat: Any, class_names: Sequence[str], path: str | os.PathLike
     ax.set_title(title or "confusion (rows sum to 100%)", fontsize=10)
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, format=PercentFormatter(xmax=1.0, decimals=0))
     fig.tight_layout()
-    _save_figure(fig, path)
+    save_figure(fig, path)
 
 
 def plot_class_balance(
@@ -345,7 +346,7 @@ def plot_class_balance(
     n_coloured = min(len(class_names), len(PALETTE))
     colours = [PALETTE[i] / 255.0 if i < n_coloured else (0.6, 0.6, 0.6) for i in range(len(labels))]
 
-    fig = _new_figure(1.2 * len(labels) + 2.5, 3.6)
+    fig = new_figure(1.2 * len(labels) + 2.5, 3.6)
     ax = fig.subplots()
     bars = ax.bar(
         range(len(labels)), [100 * s for s in shares], color=colours, edgecolor="black", linewidth=0.5
@@ -366,4 +367,4 @@ def plot_class_balance(
     ax.set_title(title or "class balance", fontsize=10)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
-    _save_figure(fig, path)
+    save_figure(fig, path)
