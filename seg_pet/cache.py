@@ -1,4 +1,4 @@
-"""Decoded-image cache (`data.cache: none | memory | disk`): decode every image once (and resize once for evaluation).
+"""Decoded-image cache (`data.cache: none | memory | disk | device`): decode every image once (and resize once for evaluation).
 
 What is stored, per dataset, is `dataset.prepare(*dataset.load(i))` for every image i, as uint8:
     train       the decoded original, not resized: random crop, flip and jitter then see exactly
@@ -7,7 +7,7 @@ What is stored, per dataset, is `dataset.prepare(*dataset.load(i))` for every im
     val         image_size x image_size, exactly the first step of eval_transforms, which then
                 has nothing left to resize: cached evaluation is bit-identical to uncached;
     native      (eval.native_resolution) image at image_size, trimap at its original size.
-So a cache changes no sample: with the same seeds and worker count, every batch of training
+So a memory or disk cache changes no sample: with the same seeds and worker count, every batch of training
 and evaluation is bit-identical with and without it (tests/test_cache.py).
 
 memory  built once in the main process (decoding spread over DataLoader workers) before any
@@ -21,6 +21,13 @@ disk    the same tensors in one file per dataset, `<data.root>/.seg_pet_cache/<n
         for validation, selects a new file and the cache is rebuilt. Files are written atomically and loaded with mmap, so workers share
         the OS page cache. Old files are never deleted automatically: removing the folder is
         always safe.
+
+device  the memory cache moved to the training device (a GPU) once, with the trimaps already
+        remapped to class labels; the host copy is then released. Batches are cut from it in the
+        main process with no DataLoader at all (DeviceBatches): training batches are augmented
+        on the device, whole batches at once (transforms.BatchAugment), validation batches are
+        slices of one stacked tensor. Not bit-identical to the other modes (float arithmetic, the
+        jitter order drawn per batch, see BatchAugment); the same distributions.
 
 The test split is never cached: it is read once per run.
 Written by hand: neither torch nor torchvision has a decoded-dataset cache.
@@ -37,9 +44,11 @@ from typing import Any, Callable, Optional
 
 import torch
 from torch.utils.data import DataLoader, Dataset
+from torchvision.transforms.v2 import functional as F
 
 from seg_pet.errors import DataError
 from seg_pet.fileio import atomic_path
+from seg_pet.transforms import IMAGENET_MEAN, IMAGENET_STD
 
 FORMAT_VERSION = 1  # bump when what is stored changes, so old files are not read
 CACHE_DIRNAME = ".seg_pet_cache"
@@ -149,6 +158,8 @@ def attach_cache(
     if mode == "none":
         dataset.cache = None
         return None
+    if mode == "device":  # decoded into memory here; DeviceCache moves it to the device
+        mode = "memory"
     if mode not in ("memory", "disk"):
         raise ValueError(f"unknown cache mode {mode!r}")
     if dataset.prepare is None:
@@ -194,3 +205,74 @@ def cache_datasets(cfg: Any, datasets: dict[str, Any], run_dir: Optional[Path], 
         if split in datasets:
             attach_cache(datasets[split], cfg.data.cache, data_root=cfg.data.root, run_dir=run_dir,
                          num_workers=num_workers, log=log, name=split)
+
+
+# --------------------------------------------------------------------------- data.cache: device
+
+
+class DeviceCache:
+    """A dataset's memory cache on `device`: uint8 images and uint8 class labels (trimaps remapped once).
+
+    Validation entries all have the same size and are stacked into one tensor, so a batch is a slice;
+    training entries are the originals (differing sizes) and stay a list for BatchAugment.
+    The dataset's host copy is released (`dataset.cache = None`): overlays then decode their few
+    images from the files.
+    """
+
+    def __init__(self, dataset: Any, device: torch.device):
+        if dataset.cache is None:
+            raise ValueError("DeviceCache needs the dataset's memory cache (attach_cache) first")
+        lut = dataset.lut.to(torch.uint8)  # 0..C-1 and IGNORE_INDEX 255 all fit in uint8
+        self.images = [image.to(device) for image, _ in dataset.cache]
+        self.labels = [lut[trimap.long()].to(device) for _, trimap in dataset.cache]
+        self.device, self.native_masks = device, dataset.native_masks
+        dataset.cache = None
+        self.stacked = len({tuple(image.shape) for image in self.images}) == 1
+        if self.stacked:
+            self.images = torch.stack(self.images)  # type: ignore[assignment]
+            if not self.native_masks:
+                self.labels = torch.stack(self.labels)  # type: ignore[assignment]
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def nbytes(self) -> int:
+        tensors = [self.images] if self.stacked else list(self.images)
+        tensors += [self.labels] if isinstance(self.labels, torch.Tensor) else list(self.labels)
+        return sum(t.numel() * t.element_size() for t in tensors)
+
+
+class DeviceBatches:
+    """One pass over a DeviceCache in batches that are already on the device: a DataLoader stand-in for the engine.
+
+    Order: shuffled by a generator seeded with `seed` (as data.make_loader). With `augment`
+    (training) each batch goes through BatchAugment; without it (evaluation) images are the cached
+    size and only converted to float and normalised, as eval_transforms does after its resize.
+    """
+
+    def __init__(self, cache: DeviceCache, batch_size: int, *, shuffle: bool, drop_last: bool = False,
+                 augment: Optional[Callable] = None, seed: int = 0):
+        self.cache, self.batch_size, self.shuffle, self.drop_last = cache, batch_size, shuffle, drop_last
+        self.augment, self.seed = augment, seed
+        if augment is None and not cache.stacked:
+            raise ValueError("batches without augmentation need cached images of one size (an evaluation cache)")
+
+    def __len__(self) -> int:
+        n = len(self.cache)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def __iter__(self):
+        n = len(self.cache)
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed)) if self.shuffle else torch.arange(n)
+        for start in range(0, len(self) * self.batch_size, self.batch_size):
+            picked = order[start : start + self.batch_size]
+            labels = self.cache.labels
+            if self.augment is not None:
+                yield self.augment([self.cache.images[i] for i in picked.tolist()], [labels[i] for i in picked.tolist()])
+                continue
+            images = self.cache.images[picked.to(self.cache.device)]  # type: ignore[index]
+            images = F.normalize_image(images.float().div_(255), list(IMAGENET_MEAN), list(IMAGENET_STD))
+            if isinstance(labels, torch.Tensor):
+                yield images, labels[picked.to(self.cache.device)].long()
+            else:
+                yield images, [labels[i].long() for i in picked.tolist()]

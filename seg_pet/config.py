@@ -39,7 +39,7 @@ class DataConfig:
     batch_size: int = 16
     num_workers: Union[int, str] = "auto"
     synthetic_images: int = 60  # only for source: synthetic
-    cache: str = "none"  # none | memory | disk
+    cache: str = "none"  # none | memory | disk | device (seg_pet.cache)
 
 
 @dataclass
@@ -112,7 +112,7 @@ class Config:
 CHOICES = {
     "data.source": ("oxford", "synthetic"),
     "data.border": ("class", "ignore", "pet"),
-    "data.cache": ("none", "memory", "disk"),
+    "data.cache": ("none", "memory", "disk", "device"),
     "model.arch": ("unet", "unetplusplus", "fpn", "deeplabv3", "deeplabv3plus", "linknet", "pspnet", "manet", "pan", "upernet", "segformer", "dpt"),
     "optim.name": ("adamw", "adam", "sgd"),
     "optim.scheduler": ("cosine", "poly", "none"),

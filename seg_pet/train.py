@@ -25,7 +25,7 @@ import torch
 from torchvision import tv_tensors
 from torchvision.transforms.v2 import functional as F
 
-from seg_pet.cache import cache_datasets
+from seg_pet.cache import DeviceBatches, DeviceCache, cache_datasets
 from seg_pet.checkpoint import load_checkpoint, load_model_weights, rng_state, save_checkpoint, set_rng_state
 from seg_pet.config import Config, config_to_dict, dump_config
 from seg_pet.data import (
@@ -46,7 +46,7 @@ from seg_pet.losses import build_loss, compute_class_weights, needs_class_weight
 from seg_pet.metrics import compute_metrics, format_table
 from seg_pet.models import build_model
 from seg_pet.visualisation import plot_curves, save_overlay, save_panel
-from seg_pet.transforms import denormalize
+from seg_pet.transforms import BatchAugment, denormalize
 
 
 def resume_command(run_dir: Path) -> str:
@@ -256,6 +256,14 @@ def save_epoch_overlays(model, dataset: PetSegmentation, indices: list[int], fol
         save_panel(folder / f"{stem}_panel.png", rgb, target.numpy(), pred, names, title=f"{stem} ({folder.name})")
 
 
+def move_caches_to_device(datasets: dict[str, PetSegmentation], device: torch.device, log) -> dict[str, DeviceCache]:
+    """data.cache: device: the train and val memory caches moved to the training device (seg_pet.cache.DeviceCache)."""
+    moved = {split: DeviceCache(datasets[split], device) for split in ("train", "val")}
+    log(f"cache: train and val moved to {device}, {sum(c.nbytes() for c in moved.values()) / 2**20:.0f} MiB; "
+        "training batches are augmented there (transforms.BatchAugment)")
+    return moved
+
+
 def console_line(row: dict[str, Any], epochs: int) -> str:
     ious = " ".join(f"{n} {v:.3f}" if v is not None and not math.isnan(v) else f"{n} n/a" for n, v in row["val_iou"].items())
     return (
@@ -378,7 +386,6 @@ def train(cfg: Config, *, resume: bool = False, overwrite: bool = False, stop_af
 
     log(f"run {run_dir}: {len(datasets['train'])} train / {len(datasets['val'])} val images, classes {names}, device {device}"
         + (f", autocast {str(amp_dtype).replace('torch.', '')}" if amp_dtype else ""))
-    val_loader = make_loader(datasets["val"], batch_size, shuffle=False, num_workers=workers, pin_memory=device.type == "cuda")
     overlay_idx = overlay_indices(len(datasets["val"]), cfg.train.overlays)
 
     stop = {"signum": None}
@@ -396,12 +403,21 @@ def train(cfg: Config, *, resume: bool = False, overwrite: bool = False, stop_af
     try:
         if cfg.data.cache != "none":  # decoded once here, before any loader worker is forked (seg_pet.cache)
             cache_datasets(cfg, datasets, run_dir, workers, log)
+        on_device = move_caches_to_device(datasets, device, log) if cfg.data.cache == "device" else None
+        if on_device is not None:
+            val_loader = DeviceBatches(on_device["val"], batch_size, shuffle=False)
+        else:
+            val_loader = make_loader(datasets["val"], batch_size, shuffle=False, num_workers=workers, pin_memory=device.type == "cuda")
         for epoch in range(start_epoch, cfg.optim.epochs + 1):
             started = time.perf_counter()
             # Reseeding from (seed, epoch) makes a resumed run replay the same shuffles and augmentations.
             torch.manual_seed(epoch_seed(cfg.run.seed, epoch))
-            train_loader = make_loader(datasets["train"], batch_size, shuffle=True, num_workers=workers,
-                                       seed=epoch_seed(cfg.run.seed, epoch), pin_memory=device.type == "cuda", drop_last=True)
+            if on_device is not None:
+                train_loader = DeviceBatches(on_device["train"], batch_size, shuffle=True, drop_last=True,
+                                             augment=BatchAugment(cfg.data.image_size), seed=epoch_seed(cfg.run.seed, epoch))
+            else:
+                train_loader = make_loader(datasets["train"], batch_size, shuffle=True, num_workers=workers,
+                                           seed=epoch_seed(cfg.run.seed, epoch), pin_memory=device.type == "cuda", drop_last=True)
             lr = optimizer.param_groups[0]["lr"]
             try:
                 stats = train_one_epoch(step_model, train_loader, loss_fn, optimizer, scheduler, device, amp_dtype=amp_dtype,

@@ -4,6 +4,9 @@ Images travel as `tv_tensors.Image` (uint8) and trimaps as `tv_tensors.Mask`, so
 geometric transform is applied to both and masks are always resampled with nearest
 neighbour (v2 does this for Mask by type; no class value is ever interpolated).
 Photometric transforms (colour jitter, normalisation) touch the image only.
+
+train_transforms runs per image in DataLoader workers; BatchAugment is the same augmentation
+for whole batches on the device, used when the training cache lives there (data.cache: device).
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from typing import Optional
 import numpy as np
 import torch
 from torchvision import tv_tensors
+from torchvision.transforms import RandomResizedCrop  # v1: its get_params is the public per-image sampler
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
@@ -29,13 +33,20 @@ def _to_float_normalised() -> list[v2.Transform]:
     ]
 
 
+# The training augmentation, shared by the per-image pipeline (train_transforms, in DataLoader
+# workers) and the batched one (BatchAugment, on the device) so the two cannot drift apart.
+CROP_SCALE = (0.35, 1.0)
+CROP_RATIO = (3 / 4, 4 / 3)  # RandomResizedCrop's default
+JITTER = {"brightness": 0.2, "contrast": 0.2, "saturation": 0.2, "hue": 0.02}
+
+
 def train_transforms(size: int) -> v2.Compose:
     """Random resized crop + horizontal flip + light colour jitter, then ImageNet normalisation."""
     return v2.Compose(
         [
-            v2.RandomResizedCrop((size, size), scale=(0.35, 1.0), antialias=True),
+            v2.RandomResizedCrop((size, size), scale=CROP_SCALE, ratio=CROP_RATIO, antialias=True),
             v2.RandomHorizontalFlip(),
-            v2.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2, hue=0.02),
+            v2.ColorJitter(**JITTER),
             *_to_float_normalised(),
         ]
     )
@@ -112,3 +123,101 @@ class ImageOnly:
 def native_eval_transforms(size: int) -> ImageOnly:
     """eval_transforms for the image; the mask stays at the original resolution."""
     return ImageOnly(eval_transforms(size))
+
+
+# --------------------------------------------------------------------------- batched augmentation on the device
+
+
+def shift_hue(images: torch.Tensor, shifts: torch.Tensor) -> torch.Tensor:
+    """F.adjust_hue with one shift per image: float images (B, 3, H, W) in [0, 1], shifts (B,) in turns.
+
+    RGB -> HSV, hue += shift (mod 1), HSV -> RGB, as torchvision does, in closed form: with
+    value = max and chroma = max - min, each channel is value - chroma * clamp(min(k, 4 - k), 0, 1)
+    for k = (n + 6 * hue) mod 6, n = 5, 3, 1. Matches F.adjust_hue to 1e-6 (tests/test_device_cache.py).
+    """
+    r, g, b = images.unbind(1)
+    value, chroma = images.amax(1), images.amax(1) - images.amin(1)
+    safe = torch.where(chroma > 0, chroma, 1.0)
+    hue = torch.where(value == r, (g - b) / safe, torch.where(value == g, 2 + (b - r) / safe, 4 + (r - g) / safe))
+    hue = (torch.where(chroma > 0, hue, 0.0) / 6 + shifts.view(-1, 1, 1)) % 1
+    k = (torch.tensor([5.0, 3.0, 1.0], device=images.device).view(1, 3, 1, 1) + 6 * hue[:, None]) % 6
+    return value[:, None] - chroma[:, None] * torch.minimum(k, 4 - k).clamp(0, 1)
+
+
+def jitter_batch(images: torch.Tensor, factors: torch.Tensor, hue: torch.Tensor, order: list[int]) -> torch.Tensor:
+    """Brightness (step 0), contrast (1), saturation (2), hue (3) in `order`, one factor per image.
+
+    `images` float (B, 3, H, W) in [0, 1]; `factors` (3, B) for steps 0-2; `hue` (B,) in turns.
+    Each step is torchvision's F.adjust_* on float images, with clamping to [0, 1] after it.
+    """
+    count = len(images)
+    for step in order:
+        if step == 0:
+            images = images * factors[0].view(count, 1, 1, 1)
+        elif step == 1:
+            mean = F.rgb_to_grayscale_image(images).mean(dim=(-3, -2, -1), keepdim=True)
+            images = images * factors[1].view(count, 1, 1, 1) + mean * (1 - factors[1].view(count, 1, 1, 1))
+        elif step == 2:
+            gray = F.rgb_to_grayscale_image(images)
+            images = images * factors[2].view(count, 1, 1, 1) + gray * (1 - factors[2].view(count, 1, 1, 1))
+        else:
+            images = shift_hue(images, hue)
+        images = images.clamp_(0, 1)
+    return images
+
+
+class BatchAugment:
+    """train_transforms for a whole batch at once, on the device the tensors live on (`data.cache: device`).
+
+    Takes lists of uint8 images (3, H_i, W_i) and uint8 label maps (H_i, W_i) of differing sizes,
+    all on one device; returns normalised float images (B, 3, size, size) and int64 labels (B, size, size).
+    Every image gets its own random parameters, drawn from the same distributions as train_transforms:
+      crop    torchvision's RandomResizedCrop.get_params per image (torch's global RNG, which train
+              reseeds every epoch). The crop is a view; its resize (antialiased bilinear for the image,
+              nearest for the labels) is the one per-image step, since the originals differ in size.
+      flip    p = 0.5 per image, one torch.where over the batch.
+      jitter  brightness, contrast and saturation factors and a hue shift per image, applied to the
+              whole batch as broadcast arithmetic.
+    Differences from the per-image pipeline (none changes what is learned in kind; see the README,
+    "Performance"): arithmetic stays float32 (the CPU path rounds to uint8 after the resize and after
+    each jitter step), and the order of the four jitter steps is drawn per batch, where ColorJitter
+    draws it per image. Each jitter step on its own equals torchvision's F.adjust_* on float images.
+    Written by hand: torchvision's v2 transforms draw one set of parameters per call, so applied to a
+    batch they would give every image the same crop, flip and jitter.
+    """
+
+    def __init__(self, size: int, *, flip: bool = True, jitter: bool = True):
+        self.size, self.flip, self.jitter = size, flip, jitter
+
+    def __repr__(self) -> str:
+        return f"BatchAugment(size={self.size}, flip={self.flip}, jitter={self.jitter})"
+
+    def crop(self, images: list[torch.Tensor], labels: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Random resized crop of each image to size x size: float images in [0, 1] and uint8 labels, stacked."""
+        size = [self.size, self.size]
+        out_images, out_labels = [], []
+        for image, label in zip(images, labels):
+            top, left, h, w = RandomResizedCrop.get_params(image, list(CROP_SCALE), list(CROP_RATIO))
+            crop = image[:, top : top + h, left : left + w].float().div_(255)
+            out_images.append(F.resize_image(crop, size, antialias=True))
+            out_labels.append(F.resize_mask(label[None, top : top + h, left : left + w], size)[0])
+        return torch.stack(out_images), torch.stack(out_labels)
+
+    def colour(self, images: torch.Tensor) -> torch.Tensor:
+        """ColorJitter with per-image factors on float images (B, 3, H, W) in [0, 1]."""
+        count = len(images)
+        spread = torch.tensor([JITTER["brightness"], JITTER["contrast"], JITTER["saturation"]])[:, None]
+        factors = 1 + (2 * torch.rand(3, count) - 1) * spread  # uniform in [1 - spread, 1 + spread], as ColorJitter
+        hue = (2 * torch.rand(count) - 1) * JITTER["hue"]
+        return jitter_batch(images, factors.to(images.device, non_blocking=True), hue.to(images.device, non_blocking=True),
+                            torch.randperm(4).tolist())
+
+    def __call__(self, images: list[torch.Tensor], labels: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        batch, targets = self.crop(images, labels)
+        if self.flip:
+            flip = (torch.rand(len(batch)) < 0.5).to(batch.device, non_blocking=True)
+            batch = torch.where(flip[:, None, None, None], batch.flip(-1), batch)
+            targets = torch.where(flip[:, None, None], targets.flip(-1), targets)
+        if self.jitter:
+            batch = self.colour(batch)
+        return F.normalize_image(batch, list(IMAGENET_MEAN), list(IMAGENET_STD)), targets.long()

@@ -84,12 +84,14 @@ def assert_complete(run_dir: Path, epochs: int = EPOCHS) -> None:
 # --------------------------------------------------------------------------- exact resume
 
 
-def test_resume_reproduces_an_uninterrupted_run(tmp_path, data_root, capsys):
+@pytest.mark.parametrize("cache", ["none", "device"])
+def test_resume_reproduces_an_uninterrupted_run(tmp_path, data_root, capsys, cache):
+    """Also with data.cache: device, whose batches come from BatchAugment instead of DataLoader workers."""
     out = tmp_path / "out"
-    assert main(train_argv(tmp_path, out, "straight", data_root)) == 0
+    assert main(train_argv(tmp_path, out, "straight", data_root, **{"data.cache": cache})) == 0
     straight = out / "straight"
 
-    assert main(train_argv(tmp_path, out, "split", data_root) + ["--stop-after-epoch", "2"]) == 0
+    assert main(train_argv(tmp_path, out, "split", data_root, **{"data.cache": cache}) + ["--stop-after-epoch", "2"]) == 0
     split = out / "split"
     assert "stopped after epoch 2" in capsys.readouterr().out
     assert [r["epoch"] for r in rows(split)] == [1, 2]
