@@ -5,7 +5,8 @@ Images per second for
     engine_resident  engine.train_one_epoch on device-resident batches: the ceiling plus what the
                      engine adds per step (finite-loss check, gradient norm, scheduler)
     data_<cache>     the training DataLoader exactly as `train` builds it (a fresh, seeded loader
-                     per epoch), batches drawn and dropped
+                     per epoch), batches drawn and dropped; for --cache device the device-resident
+                     batches with their augmentation (cache.DeviceBatches), synchronised per batch
     train_<cache>    engine.train_one_epoch over that loader: the step as `train` runs it
     eval_<cache>     engine.evaluate over the validation loader (forward only: may exceed 1.0)
 each also as a ratio to the ceiling measured in the same run, for the cache `none` and the
@@ -19,6 +20,7 @@ U-Net resnet34, bf16 autocast, channels_last); on CPU 128 px, batch 8, resnet18,
 
     python scripts/benchmark.py --data-root /work/shared/data --out outputs/benchmark/cpu.json
     python scripts/benchmark.py --device cuda --data-root data --cache memory --out outputs/benchmark/h100.json
+    python scripts/benchmark.py --device cuda --data-root data --cache device --out outputs/benchmark/h100_device.json
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ import segmentation_models_pytorch as smp
 import torch
 import torchvision
 
-from seg_pet.cache import attach_cache
+from seg_pet.cache import DeviceBatches, DeviceCache, attach_cache
 from seg_pet.config import load_config
 from seg_pet.data import build_datasets, class_names, make_loader, resolve_num_workers, usable_cpus
 from seg_pet.engine import autocast, evaluate, train_one_epoch
@@ -46,6 +48,7 @@ from seg_pet.fileio import write_json
 from seg_pet.losses import build_loss
 from seg_pet.models import build_model
 from seg_pet.train import amp_dtype_for, build_optimizer, epoch_seed, resolve_device
+from seg_pet.transforms import BatchAugment
 
 GPU_DEFAULTS = {"image_size": 256, "batch_size": 32, "encoder": "resnet34", "steps": 30, "warmup": 10}
 CPU_DEFAULTS = {"image_size": 128, "batch_size": 8, "encoder": "resnet18", "steps": 8, "warmup": 2}
@@ -63,7 +66,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, help="untimed steps per phase first (default 10 CUDA, 2 CPU)")
     p.add_argument("--data-root", default="data", help="the folder holding oxford-iiit-pet/ (data.root)")
     p.add_argument("--synthetic", type=int, metavar="N", help="generate an N-image synthetic dataset into --data-root instead")
-    p.add_argument("--cache", choices=("none", "memory", "disk"), default="memory", help="cache measured beside `none`")
+    p.add_argument("--cache", choices=("none", "memory", "disk", "device"), default="memory", help="cache measured beside `none`")
     p.add_argument("--run-dir", default="outputs/benchmark", help="holds a disk cache when data.root is read-only")
     p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=True, help="bf16 autocast (CUDA only, as in train)")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None, help="default: on for CUDA, as in train")
@@ -248,13 +251,28 @@ def run_benchmark(args: argparse.Namespace, log: Callable[[str], None] = print) 
     memory_format = torch.channels_last if channels_last else torch.preserve_format
     pin = device.type == "cuda"
 
+    on_device: dict[str, DeviceCache] = {}  # filled for --cache device, as train does
+
     def train_loader(epoch: int):
         torch.manual_seed(epoch_seed(cfg.run.seed, epoch))  # as train does before each epoch's loader
+        if on_device:
+            return DeviceBatches(on_device["train"], batch_size, shuffle=True, drop_last=True, augment=BatchAugment(size),
+                                 seed=epoch_seed(cfg.run.seed, epoch))
         return make_loader(train_set, batch_size, shuffle=True, num_workers=workers, seed=epoch_seed(cfg.run.seed, epoch),
                            pin_memory=pin, drop_last=True)
 
     def val_loader(_: int):
+        if on_device:
+            return DeviceBatches(on_device["val"], batch_size, shuffle=False)
         return make_loader(val_set, batch_size, shuffle=False, num_workers=workers, pin_memory=pin)
+
+    def synced(loader_for_epoch: Callable[[int], Iterable]) -> Callable[[int], Iterator]:
+        """Batches handed out only once the device has made them (device batches are queued asynchronously)."""
+        def epoch_batches(epoch: int) -> Iterator:
+            for batch in loader_for_epoch(epoch):
+                sync(device)
+                yield batch
+        return epoch_batches
 
     results: dict[str, dict[str, Any]] = {}
     peak_gpu: dict[str, Optional[float]] = {}
@@ -291,13 +309,17 @@ def run_benchmark(args: argparse.Namespace, log: Callable[[str], None] = print) 
             for split, ds in (("train", train_set), ("val", val_set)):
                 path = attach_cache(ds, cache, data_root=cfg.data.root, run_dir=args.run_dir, num_workers=workers, log=log, name=split) or path
             entries = train_set.cache + val_set.cache
+            size_mib = sum(t.numel() * t.element_size() for pair in entries for t in pair) / 2**20
+            if cache == "device":
+                on_device.update({"train": DeviceCache(train_set, device), "val": DeviceCache(val_set, device)})
+                size_mib = sum(c.nbytes() for c in on_device.values()) / 2**20
             cache_info = {
                 "mode": cache,
                 "build_s": time.perf_counter() - started,
-                "size_mib": sum(t.numel() * t.element_size() for pair in entries for t in pair) / 2**20,
+                "size_mib": size_mib,
                 "disk_folder": str(path.parent) if path is not None else None,
             }
-        data = Clocked(train_loader, total)
+        data = Clocked(synced(train_loader), total)
         for batch in data:
             pass
         record(f"data_{cache}", data.rate(warmup, "arriving"))

@@ -7,6 +7,7 @@ import json
 import math
 from pathlib import Path
 
+import pytest
 import torch
 
 from tests.conftest import REPO
@@ -19,7 +20,8 @@ def _load_script(name: str):
     return module
 
 
-def test_benchmark_cpu_tiny_writes_json(tmp_path: Path, capsys) -> None:
+@pytest.mark.parametrize("cache", ["memory", "device"])
+def test_benchmark_cpu_tiny_writes_json(tmp_path: Path, capsys, cache: str) -> None:
     benchmark = _load_script("benchmark")
     out = tmp_path / "bench.json"
     threads = torch.get_num_threads()
@@ -27,14 +29,14 @@ def test_benchmark_cpu_tiny_writes_json(tmp_path: Path, capsys) -> None:
         code = benchmark.main([
             "--device", "cpu", "--synthetic", "16", "--data-root", str(tmp_path / "data"), "--image-size", "32",
             "--batch-size", "2", "--steps", "2", "--warmup", "1", "--workers", "0", "--threads", "1",
-            "--cache", "memory", "--out", str(out),
+            "--cache", cache, "--out", str(out),
         ])
     finally:
         torch.set_num_threads(threads)  # --threads is process-wide
     assert code == 0
     report = json.loads(out.read_text())
     assert set(report) == {"settings", "results", "derived", "cache", "memory"}
-    phases = {"ceiling", "engine_resident", "data_none", "train_none", "eval_none", "data_memory", "train_memory", "eval_memory"}
+    phases = {"ceiling", "engine_resident", "data_none", "train_none", "eval_none", f"data_{cache}", f"train_{cache}", f"eval_{cache}"}
     assert set(report["results"]) == phases
     for name, result in report["results"].items():
         assert result["images_per_s"] > 0 and math.isfinite(result["ratio_to_ceiling"]), name
@@ -45,6 +47,6 @@ def test_benchmark_cpu_tiny_writes_json(tmp_path: Path, capsys) -> None:
     for key in ("device", "torch", "smp", "usable_cpus", "image_size", "batch_size", "workers", "amp", "channels_last", "compile", "command"):
         assert key in s, key
     assert (s["device"], s["image_size"], s["batch_size"], s["encoder"], s["amp"], s["channels_last"]) == ("cpu", 32, 2, "resnet18", None, False)
-    assert {"data_over_train_step_memory", "data_over_ceiling_none"} <= set(report["derived"])
-    assert report["cache"]["mode"] == "memory" and report["memory"]["peak_rss_mib"] > 0
+    assert {f"data_over_train_step_{cache}", "data_over_ceiling_none"} <= set(report["derived"])
+    assert report["cache"]["mode"] == cache and report["cache"]["size_mib"] > 0 and report["memory"]["peak_rss_mib"] > 0
     assert "ceiling" in capsys.readouterr().out  # the table is printed
