@@ -263,7 +263,10 @@ class DeviceBatches:
 
     def __iter__(self):
         n = len(self.cache)
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed)) if self.shuffle else torch.arange(n)
+        # train seeds torch's global RNG, which BatchAugment draws from, with the same `seed`: the order
+        # gets a scrambled seed so that it does not replay the augmentation's random stream.
+        order_seed = (self.seed * 6364136223846793005 + 1442695040888963407) % 2**63
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(order_seed)) if self.shuffle else torch.arange(n)
         for start in range(0, len(self) * self.batch_size, self.batch_size):
             picked = order[start : start + self.batch_size]
             labels = self.cache.labels

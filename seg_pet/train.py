@@ -258,7 +258,11 @@ def save_epoch_overlays(model, dataset: PetSegmentation, indices: list[int], fol
 
 def move_caches_to_device(datasets: dict[str, PetSegmentation], device: torch.device, log) -> dict[str, DeviceCache]:
     """data.cache: device: the train and val memory caches moved to the training device (seg_pet.cache.DeviceCache)."""
-    moved = {split: DeviceCache(datasets[split], device) for split in ("train", "val")}
+    try:
+        moved = {split: DeviceCache(datasets[split], device) for split in ("train", "val")}
+    except torch.OutOfMemoryError:
+        raise ConfigError(f"data.cache: device: the decoded train and val images do not fit in the memory of {device} "
+                          "next to the model; use data.cache: memory") from None
     log(f"cache: train and val moved to {device}, {sum(c.nbytes() for c in moved.values()) / 2**20:.0f} MiB; "
         "training batches are augmented there (transforms.BatchAugment)")
     return moved

@@ -198,3 +198,38 @@ def test_evaluation_batches_need_one_image_size(datasets, tmp_path):
     attach_cache(train, "memory", data_root=tmp_path / "data", log=_silent)
     with pytest.raises(ValueError, match="one size"):
         DeviceBatches(DeviceCache(train, CPU), 4, shuffle=False)
+
+
+def test_a_cache_too_big_for_the_device_is_one_line_and_leaves_no_run(tmp_path, monkeypatch, capsys):
+    import seg_pet.train as train_module
+    from seg_pet.cli import main
+    from tests.conftest import set_args, tiny_overrides
+
+    def out_of_memory(dataset, device):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.40 GiB")
+
+    monkeypatch.setattr(train_module, "DeviceCache", out_of_memory)
+    config = tmp_path / "empty.yaml"
+    config.write_text("")
+    code = main(["train", "--config", str(config), *set_args(tiny_overrides(tmp_path / "out", real=False, **{"data.cache": "device"}))])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "data.cache: device" in err and "data.cache: memory" in err and "Traceback" not in err
+    assert not (tmp_path / "out" / "run").exists()
+
+
+def test_training_order_does_not_replay_the_augmentation_random_stream(datasets, tmp_path):
+    """train seeds torch's global RNG (BatchAugment's source) with the epoch seed; an order drawn from a
+    generator with that same seed tied each image's position to the crops (measured: lower mIoU on 8 of 8 seeds)."""
+    train = datasets["train"]
+    attach_cache(train, "memory", data_root=tmp_path / "data", log=_silent)
+    cache = DeviceCache(train, CPU)
+    index_of = {image.data_ptr(): i for i, image in enumerate(cache.images)}
+
+    def record(images, labels):
+        return [index_of[image.data_ptr()] for image in images], None
+
+    for seed in (0, 7, 100_003):
+        order = [i for batch, _ in DeviceBatches(cache, 1, shuffle=True, augment=record, seed=seed) for i in batch]
+        assert sorted(order) == list(range(len(cache)))
+        assert order != torch.randperm(len(cache), generator=torch.Generator().manual_seed(seed)).tolist()
