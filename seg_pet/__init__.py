@@ -4,8 +4,8 @@ Module map (read in this order):
     config         YAML -> typed, validated dataclasses; --set overrides
     data           dataset, trimap remap, splits, loaders, pixel counts
     synthetic      a small generated dataset in the Oxford-IIIT Pet layout
-    cache          decoded-image cache (data.cache: memory | disk)
-    transforms     joint image/mask transforms (torchvision.transforms.v2)
+    cache          decoded-image cache (data.cache: memory | disk | device), device-resident batches
+    transforms     joint image/mask transforms (torchvision.transforms.v2), batched device augmentation
     models         smp model factory
     losses         loss factory (smp.losses / torch) and class weights
     metrics        confusion matrix -> IoU, Dice, precision, recall
