@@ -271,7 +271,8 @@ class DeviceBatches:
             picked = order[start : start + self.batch_size]
             labels = self.cache.labels
             if self.augment is not None:
-                yield self.augment([self.cache.images[i] for i in picked.tolist()], [labels[i] for i in picked.tolist()])
+                ids = picked.tolist()
+                yield self.augment([self.cache.images[i] for i in ids], [labels[i] for i in ids])
                 continue
             images = self.cache.images[picked.to(self.cache.device)]  # type: ignore[index]
             images = F.normalize_image(images.float().div_(255), list(IMAGENET_MEAN), list(IMAGENET_STD))
