@@ -26,7 +26,6 @@ U-Net resnet34, bf16 autocast, channels_last); on CPU 128 px, batch 8, resnet18,
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import platform
@@ -40,15 +39,14 @@ import segmentation_models_pytorch as smp
 import torch
 import torchvision
 
-from seg_pet.cache import DeviceBatches, DeviceCache, attach_cache
+from seg_pet.cache import DeviceCache, attach_cache
 from seg_pet.config import load_config
-from seg_pet.data import build_datasets, class_names, make_loader, resolve_num_workers, usable_cpus
+from seg_pet.data import build_datasets, class_names, resolve_num_workers, usable_cpus
 from seg_pet.engine import autocast, evaluate, train_one_epoch
 from seg_pet.fileio import write_json
 from seg_pet.losses import build_loss
 from seg_pet.models import build_model
-from seg_pet.train import amp_dtype_for, build_optimizer, epoch_seed, resolve_device
-from seg_pet.transforms import BatchAugment
+from seg_pet.train import amp_dtype_for, build_optimizer, epoch_train_loader, resolve_device, val_loader_for
 
 GPU_DEFAULTS = {"image_size": 256, "batch_size": 32, "encoder": "resnet34", "steps": 30, "warmup": 10}
 CPU_DEFAULTS = {"image_size": 128, "batch_size": 8, "encoder": "resnet18", "steps": 8, "warmup": 2}
@@ -249,22 +247,14 @@ def run_benchmark(args: argparse.Namespace, log: Callable[[str], None] = print) 
     optimizer = build_optimizer(cfg, model)
     step_model = torch.compile(model) if args.compile else model
     memory_format = torch.channels_last if channels_last else torch.preserve_format
-    pin = device.type == "cuda"
 
     on_device: dict[str, DeviceCache] = {}  # filled for --cache device, as train does
 
-    def train_loader(epoch: int):
-        torch.manual_seed(epoch_seed(cfg.run.seed, epoch))  # as train does before each epoch's loader
-        if on_device:
-            return DeviceBatches(on_device["train"], batch_size, shuffle=True, drop_last=True, augment=BatchAugment(size),
-                                 seed=epoch_seed(cfg.run.seed, epoch))
-        return make_loader(train_set, batch_size, shuffle=True, num_workers=workers, seed=epoch_seed(cfg.run.seed, epoch),
-                           pin_memory=pin, drop_last=True)
+    def train_loader(epoch: int):  # exactly as train builds each epoch's loader
+        return epoch_train_loader(cfg, train_set, on_device or None, batch_size, workers, epoch, device)
 
     def val_loader(_: int):
-        if on_device:
-            return DeviceBatches(on_device["val"], batch_size, shuffle=False)
-        return make_loader(val_set, batch_size, shuffle=False, num_workers=workers, pin_memory=pin)
+        return val_loader_for(val_set, on_device or None, batch_size, workers, device)
 
     def synced(loader_for_epoch: Callable[[int], Iterable]) -> Callable[[int], Iterator]:
         """Batches handed out only once the device has made them (device batches are queued asynchronously)."""

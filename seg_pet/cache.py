@@ -44,11 +44,10 @@ from typing import Any, Callable, Optional
 
 import torch
 from torch.utils.data import DataLoader, Dataset
-from torchvision.transforms.v2 import functional as F
 
 from seg_pet.errors import DataError
 from seg_pet.fileio import atomic_path
-from seg_pet.transforms import IMAGENET_MEAN, IMAGENET_STD
+from seg_pet.transforms import normalise_batch
 
 FORMAT_VERSION = 1  # bump when what is stored changes, so old files are not read
 CACHE_DIRNAME = ".seg_pet_cache"
@@ -274,9 +273,9 @@ class DeviceBatches:
                 ids = picked.tolist()
                 yield self.augment([self.cache.images[i] for i in ids], [labels[i] for i in ids])
                 continue
-            images = self.cache.images[picked.to(self.cache.device)]  # type: ignore[index]
-            images = F.normalize_image(images.float().div_(255), list(IMAGENET_MEAN), list(IMAGENET_STD))
+            rows = picked.to(self.cache.device)
+            images = normalise_batch(self.cache.images[rows].float().div_(255))  # type: ignore[index]
             if isinstance(labels, torch.Tensor):
-                yield images, labels[picked.to(self.cache.device)].long()
+                yield images, labels[rows].long()
             else:
                 yield images, [labels[i].long() for i in picked.tolist()]

@@ -18,7 +18,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterable, Optional
 
 import numpy as np
 import torch
@@ -268,6 +268,27 @@ def move_caches_to_device(datasets: dict[str, PetSegmentation], device: torch.de
     return moved
 
 
+def epoch_train_loader(cfg: Config, dataset: PetSegmentation, on_device: Optional[dict[str, DeviceCache]], batch_size: int,
+                       workers: int, epoch: int, device: torch.device) -> Iterable:
+    """One epoch's training batches: a fresh DataLoader, or DeviceBatches with data.cache: device.
+
+    Reseeding torch's global RNG and the order from (seed, epoch) first makes a resumed run replay
+    the same shuffles and augmentations."""
+    seed = epoch_seed(cfg.run.seed, epoch)
+    torch.manual_seed(seed)
+    if on_device is not None:
+        return DeviceBatches(on_device["train"], batch_size, shuffle=True, drop_last=True, augment=BatchAugment(cfg.data.image_size), seed=seed)
+    return make_loader(dataset, batch_size, shuffle=True, num_workers=workers, seed=seed, pin_memory=device.type == "cuda", drop_last=True)
+
+
+def val_loader_for(dataset: PetSegmentation, on_device: Optional[dict[str, DeviceCache]], batch_size: int, workers: int,
+                   device: torch.device) -> Iterable:
+    """The validation batches: a DataLoader, or slices of the device cache with data.cache: device."""
+    if on_device is not None:
+        return DeviceBatches(on_device["val"], batch_size, shuffle=False)
+    return make_loader(dataset, batch_size, shuffle=False, num_workers=workers, pin_memory=device.type == "cuda")
+
+
 def console_line(row: dict[str, Any], epochs: int) -> str:
     ious = " ".join(f"{n} {v:.3f}" if v is not None and not math.isnan(v) else f"{n} n/a" for n, v in row["val_iou"].items())
     return (
@@ -408,20 +429,10 @@ def train(cfg: Config, *, resume: bool = False, overwrite: bool = False, stop_af
         if cfg.data.cache != "none":  # decoded once here, before any loader worker is forked (seg_pet.cache)
             cache_datasets(cfg, datasets, run_dir, workers, log)
         on_device = move_caches_to_device(datasets, device, log) if cfg.data.cache == "device" else None
-        if on_device is not None:
-            val_loader = DeviceBatches(on_device["val"], batch_size, shuffle=False)
-        else:
-            val_loader = make_loader(datasets["val"], batch_size, shuffle=False, num_workers=workers, pin_memory=device.type == "cuda")
+        val_loader = val_loader_for(datasets["val"], on_device, batch_size, workers, device)
         for epoch in range(start_epoch, cfg.optim.epochs + 1):
             started = time.perf_counter()
-            # Reseeding from (seed, epoch) makes a resumed run replay the same shuffles and augmentations.
-            torch.manual_seed(epoch_seed(cfg.run.seed, epoch))
-            if on_device is not None:
-                train_loader = DeviceBatches(on_device["train"], batch_size, shuffle=True, drop_last=True,
-                                             augment=BatchAugment(cfg.data.image_size), seed=epoch_seed(cfg.run.seed, epoch))
-            else:
-                train_loader = make_loader(datasets["train"], batch_size, shuffle=True, num_workers=workers,
-                                           seed=epoch_seed(cfg.run.seed, epoch), pin_memory=device.type == "cuda", drop_last=True)
+            train_loader = epoch_train_loader(cfg, datasets["train"], on_device, batch_size, workers, epoch, device)
             lr = optimizer.param_groups[0]["lr"]
             try:
                 stats = train_one_epoch(step_model, train_loader, loss_fn, optimizer, scheduler, device, amp_dtype=amp_dtype,

@@ -128,6 +128,11 @@ def native_eval_transforms(size: int) -> ImageOnly:
 # --------------------------------------------------------------------------- batched augmentation on the device
 
 
+def normalise_batch(images: torch.Tensor) -> torch.Tensor:
+    """Float images in [0, 1] (any leading dims) -> ImageNet-normalised, on their own device."""
+    return F.normalize_image(images, list(IMAGENET_MEAN), list(IMAGENET_STD))
+
+
 def shift_hue(images: torch.Tensor, shifts: torch.Tensor) -> torch.Tensor:
     """F.adjust_hue with one shift per image: float images (B, 3, H, W) in [0, 1], shifts (B,) in turns.
 
@@ -136,7 +141,8 @@ def shift_hue(images: torch.Tensor, shifts: torch.Tensor) -> torch.Tensor:
     for k = (n + 6 * hue) mod 6, n = 5, 3, 1. Matches F.adjust_hue to 1e-6 (tests/test_device_cache.py).
     """
     r, g, b = images.unbind(1)
-    value, chroma = images.amax(1), images.amax(1) - images.amin(1)
+    value = images.amax(1)
+    chroma = value - images.amin(1)
     safe = torch.where(chroma > 0, chroma, 1.0)
     hue = torch.where(value == r, (g - b) / safe, torch.where(value == g, 2 + (b - r) / safe, 4 + (r - g) / safe))
     hue = (torch.where(chroma > 0, hue, 0.0) / 6 + shifts.view(-1, 1, 1)) % 1
@@ -150,16 +156,16 @@ def jitter_batch(images: torch.Tensor, factors: torch.Tensor, hue: torch.Tensor,
     `images` float (B, 3, H, W) in [0, 1]; `factors` (3, B) for steps 0-2; `hue` (B,) in turns.
     Each step is torchvision's F.adjust_* on float images, with clamping to [0, 1] after it.
     """
-    count = len(images)
+    brightness, contrast, saturation = factors.view(3, len(images), 1, 1, 1)
     for step in order:
         if step == 0:
-            images = images * factors[0].view(count, 1, 1, 1)
+            images = images * brightness
         elif step == 1:
             mean = F.rgb_to_grayscale_image(images).mean(dim=(-3, -2, -1), keepdim=True)
-            images = images * factors[1].view(count, 1, 1, 1) + mean * (1 - factors[1].view(count, 1, 1, 1))
+            images = images * contrast + mean * (1 - contrast)
         elif step == 2:
             gray = F.rgb_to_grayscale_image(images)
-            images = images * factors[2].view(count, 1, 1, 1) + gray * (1 - factors[2].view(count, 1, 1, 1))
+            images = images * saturation + gray * (1 - saturation)
         else:
             images = shift_hue(images, hue)
         images = images.clamp_(0, 1)
@@ -220,4 +226,4 @@ class BatchAugment:
             targets = torch.where(flip[:, None, None], targets.flip(-1), targets)
         if self.jitter:
             batch = self.colour(batch)
-        return F.normalize_image(batch, list(IMAGENET_MEAN), list(IMAGENET_STD)), targets.long()
+        return normalise_batch(batch), targets.long()
