@@ -1,8 +1,8 @@
 """Do the two training augmentations produce the same pixels on average? Per-image v2 against BatchAugment.
 
 Draws `--repeats` augmented copies of every training image of the real data through
-    per-image   transforms.train_transforms, image by image (what DataLoader workers run)
-    batched     transforms.BatchAugment on the whole list (what data.cache: device runs)
+    per-image   data.transforms.train_transforms, image by image (what DataLoader workers run)
+    batched     data.transforms.BatchAugment on the whole list (what data.cache: device runs)
 with and without colour jitter, and prints the mean of the normalised pixels, their mean
 per-image standard deviation, and the class fractions of the labels. A difference in the mean
 is given in grey levels (0..255) too.
@@ -20,10 +20,11 @@ import torch
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-from seg_pet.cache import attach_cache
 from seg_pet.config import load_config
-from seg_pet.data import build_datasets, class_names
-from seg_pet.transforms import IMAGENET_STD, BatchAugment, train_transforms
+from seg_pet.data.cache import attach_cache
+from seg_pet.data.sources import build_datasets
+from seg_pet.data.transforms import IMAGENET_STD, BatchAugment, train_transforms
+from seg_pet.labels import class_names
 
 
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:

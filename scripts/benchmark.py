@@ -2,25 +2,32 @@
 
 Images per second for
     ceiling          the model step alone on one device-resident batch: forward + backward + AdamW
-    engine_resident  engine.train_one_epoch on device-resident batches: the ceiling plus what the
-                     engine adds per step (finite-loss check, gradient norm, scheduler)
-    data_<cache>     the training DataLoader exactly as `train` builds it (a fresh, seeded loader
-                     per epoch), batches drawn and dropped; for --cache device the device-resident
-                     batches with their augmentation (cache.DeviceBatches), synchronised per batch
-    train_<cache>    engine.train_one_epoch over that loader: the step as `train` runs it
-    eval_<cache>     engine.evaluate over the validation loader (forward only: may exceed 1.0)
+    engine_resident  training.loop.train_one_epoch on device-resident batches: the ceiling plus what
+                     the loop adds per step (finite-loss check, gradient norm, scheduler)
+    data_<cache>     the training DataLoader exactly as `train` builds it (data.loaders.epoch_train_loader:
+                     a fresh, seeded loader per epoch), batches drawn and dropped; for --cache device the
+                     device-resident batches with their augmentation (data.cache.DeviceBatches),
+                     synchronised per batch
+    train_<cache>    train_one_epoch over that loader: the step as `train` runs it
+    eval_<cache>     evaluation.evaluate_batches over the validation loader (forward only: may exceed 1.0)
+    naive_fp32       with --naive-baseline: torchvision's OxfordIIITPet with per-image v2 transforms in
+                     --naive-workers DataLoader workers (decoded every epoch), feeding a plain fp32 step
+                     (no autocast, no channels_last, cudnn.benchmark off) on a fresh model
 each also as a ratio to the ceiling measured in the same run, for the cache `none` and the
 one asked for (--cache), plus the per-epoch loader start cost (workers are not persistent,
-see seg_pet.data.make_loader), peak GPU memory (CUDA) or peak RSS (CPU), and the settings.
+see seg_pet.data.loaders.make_loader), peak GPU memory (CUDA) or peak RSS (CPU), and the settings.
+--ceiling-only measures the first two phases alone (no dataset is read).
 
 Loader phases are timed in steady state: the intervals between consecutive batches after
 the warm-up, leaving out each epoch's first batch (its start is reported separately as
-`epoch_start_s`). Defaults follow the device: on CUDA issue #6's settings (256 px, batch 32,
-U-Net resnet34, bf16 autocast, channels_last); on CPU 128 px, batch 8, resnet18, fp32.
+`epoch_start_s`). Defaults follow the device: on CUDA 256 px, batch 32, U-Net resnet34,
+bf16 autocast, channels_last, cudnn.benchmark (seg_pet.runtime.device.Runtime, as `train`);
+on CPU 128 px, batch 8, resnet18, fp32.
 
     python scripts/benchmark.py --data-root /work/shared/data --out outputs/benchmark/cpu.json
-    python scripts/benchmark.py --device cuda --data-root data --cache memory --out outputs/benchmark/h100.json
+    python scripts/benchmark.py --device cuda --data-root data --cache memory --naive-baseline --out outputs/benchmark/h100.json
     python scripts/benchmark.py --device cuda --data-root data --cache device --out outputs/benchmark/h100_device.json
+    python scripts/benchmark.py --device cuda --data-root data --ceiling-only --compile --out outputs/benchmark/h100_compile.json
 """
 
 from __future__ import annotations
@@ -32,21 +39,32 @@ import platform
 import resource
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Optional
 
 import segmentation_models_pytorch as smp
 import torch
 import torchvision
+from torch.utils.data import DataLoader
+from torchvision import tv_tensors
+from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as TF
 
-from seg_pet.cache import DeviceCache, attach_cache
 from seg_pet.config import load_config
-from seg_pet.data import build_datasets, class_names, resolve_num_workers, usable_cpus
-from seg_pet.engine import autocast, evaluate, train_one_epoch
-from seg_pet.fileio import write_json
+from seg_pet.data.cache import DeviceCache, attach_cache
+from seg_pet.data.loaders import epoch_train_loader, move_caches_to_device, resolve_num_workers, usable_cpus, val_loader_for
+from seg_pet.data.sources import build_datasets
+from seg_pet.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from seg_pet.evaluation import evaluate_batches
+from seg_pet.labels import class_names
 from seg_pet.losses import build_loss
 from seg_pet.models import build_model
-from seg_pet.train import amp_dtype_for, build_optimizer, epoch_train_loader, resolve_device, val_loader_for
+from seg_pet.runtime.device import Runtime
+from seg_pet.runtime.errors import SegPetError
+from seg_pet.runtime.fileio import write_json
+from seg_pet.training.loop import train_one_epoch
+from seg_pet.training.optim import build_optimizer
 
 GPU_DEFAULTS = {"image_size": 256, "batch_size": 32, "encoder": "resnet34", "steps": 30, "warmup": 10}
 CPU_DEFAULTS = {"image_size": 128, "batch_size": 8, "encoder": "resnet18", "steps": 8, "warmup": 2}
@@ -59,7 +77,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, help="default 32 on CUDA, 8 on CPU")
     p.add_argument("--encoder", help="default resnet34 on CUDA, resnet18 on CPU (random init: speed does not depend on weights)")
     p.add_argument("--arch", default="unet")
-    p.add_argument("--workers", default="auto", help="DataLoader workers: auto (data.resolve_num_workers) or a number")
+    p.add_argument("--workers", default="auto", help="DataLoader workers: auto (data.loaders.resolve_num_workers) or a number")
     p.add_argument("--steps", type=int, help="timed steps per phase (default 30 CUDA, 8 CPU)")
     p.add_argument("--warmup", type=int, help="untimed steps per phase first (default 10 CUDA, 2 CPU)")
     p.add_argument("--data-root", default="data", help="the folder holding oxford-iiit-pet/ (data.root)")
@@ -70,6 +88,9 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None, help="default: on for CUDA, as in train")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (warm-up absorbs compilation)")
     p.add_argument("--threads", type=int, help="torch.set_num_threads for the main process (default: torch's own choice)")
+    p.add_argument("--ceiling-only", action="store_true", help="only the ceiling and engine_resident phases (no data is read)")
+    p.add_argument("--naive-baseline", action="store_true", help="also time the naive fp32 baseline (naive_fp32) in this run")
+    p.add_argument("--naive-workers", type=int, default=8, help="DataLoader workers of the naive baseline (default 8)")
     p.add_argument("--out", type=Path, help="write the results as JSON here")
     return p.parse_args(argv)
 
@@ -180,13 +201,24 @@ def cpu_model() -> str:
 # --------------------------------------------------------------------------- phases
 
 
-def time_ceiling(model, loss_fn, optimizer, batch, device, amp_dtype, warmup: int, steps: int) -> dict[str, float]:
+@dataclass(frozen=True)
+class BenchRuntime(Runtime):
+    """train's Runtime, except that --channels-last / --no-channels-last may override the device's default."""
+
+    layout: Optional[bool] = None  # None: as train (channels_last on CUDA only)
+
+    @property
+    def channels_last(self) -> bool:
+        return super().channels_last if self.layout is None else self.layout
+
+
+def time_ceiling(model, loss_fn, optimizer, batch, runtime: Runtime, warmup: int, steps: int) -> dict[str, float]:
     """forward + backward + AdamW on a device-resident batch, no host sync inside the timed loop."""
     images, targets = batch
-    scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
+    scaler = runtime.grad_scaler()
 
     def step() -> None:
-        with autocast(device, amp_dtype):
+        with runtime.autocast():
             logits = model(images)
             loss = loss_fn(logits.float(), targets)
         optimizer.zero_grad(set_to_none=True)
@@ -201,17 +233,69 @@ def time_ceiling(model, loss_fn, optimizer, batch, device, amp_dtype, warmup: in
     model.train()
     for _ in range(warmup):
         step()
-    sync(device)
+    sync(runtime.device)
     started = time.perf_counter()
     for _ in range(steps):
         step()
-    sync(device)
+    sync(runtime.device)
     seconds = time.perf_counter() - started
     return {"images_per_s": steps * images.shape[0] / seconds, "ms_per_batch": 1000 * seconds / steps, "timed_batches": steps}
 
 
+class NaiveTransform:
+    """The tutorial pipeline's per-image transform: PIL image and trimap -> v2 crop, flip, float, normalise.
+
+    A module-level class (not a lambda) so that DataLoader workers can receive it under any start method.
+    """
+
+    def __init__(self, size: int):
+        self.pipeline = v2.Compose([
+            v2.RandomResizedCrop((size, size), antialias=True),
+            v2.RandomHorizontalFlip(),
+            v2.ToDtype({tv_tensors.Image: torch.float32, "others": None}, scale=True),
+            v2.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        ])
+
+    def __call__(self, image, trimap):
+        image = tv_tensors.Image(TF.pil_to_tensor(image))
+        mask = tv_tensors.Mask(TF.pil_to_tensor(trimap)[0].long() - 1)  # trimap 1..3 -> classes 0..2
+        return self.pipeline(image, mask)
+
+
+def time_naive(root: str, names: list[str], cfg, size: int, batch_size: int, workers: int, device: torch.device,
+               warmup: int, steps: int) -> dict[str, Any]:
+    """A naive baseline in the same process: torchvision's OxfordIIITPet (decoded every epoch) with per-image v2
+    transforms in `workers` DataLoader workers, feeding a plain fp32 step (no autocast, no channels_last,
+    cudnn.benchmark off as by default, loss.item() every step) on a fresh model."""
+    dataset = torchvision.datasets.OxfordIIITPet(root, split="trainval", target_types="segmentation",
+                                                 transforms=NaiveTransform(size), download=False)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=workers, drop_last=True,
+                        generator=torch.Generator().manual_seed(0))
+    model = build_model(cfg.model, len(names)).to(device)
+    loss_fn = torch.nn.CrossEntropyLoss()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr)
+    benchmark_flag = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = False
+    try:
+        clocked = Clocked(lambda _: loader, warmup + steps + 1)
+        model.train()
+        for images, targets in clocked:
+            images, targets = images.to(device), targets.to(device)
+            loss = loss_fn(model(images), targets)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            loss.item()
+        sync(device)
+        return clocked.rate(warmup, "processed")
+    finally:
+        torch.backends.cudnn.benchmark = benchmark_flag
+
+
 def run_benchmark(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict[str, Any]:
-    device = resolve_device(args.device)
+    base = Runtime.create(args.device, amp=args.amp, key="--device")
+    runtime = BenchRuntime(base.device, base.amp_dtype, base.deterministic, layout=args.channels_last)
+    device = runtime.device
     if args.threads:
         torch.set_num_threads(args.threads)
     defaults = GPU_DEFAULTS if device.type == "cuda" else CPU_DEFAULTS
@@ -220,8 +304,7 @@ def run_benchmark(args: argparse.Namespace, log: Callable[[str], None] = print) 
     encoder = args.encoder or defaults["encoder"]
     steps = args.steps or defaults["steps"]
     warmup = defaults["warmup"] if args.warmup is None else args.warmup
-    channels_last = device.type == "cuda" if args.channels_last is None else args.channels_last
-    amp_dtype = amp_dtype_for(device, args.amp)
+    amp_dtype, channels_last = runtime.amp_dtype, runtime.channels_last
     workers = resolve_num_workers(args.workers if args.workers == "auto" else int(args.workers))
     load_avg_start = os.getloadavg()
 
@@ -233,28 +316,29 @@ def run_benchmark(args: argparse.Namespace, log: Callable[[str], None] = print) 
         overrides += ["data.source=synthetic", f"data.synthetic_images={args.synthetic}"]
     cfg = load_config(None, overrides)
     names = class_names(cfg.data.border)
-    torch.backends.cudnn.benchmark = device.type == "cuda"  # as train sets it
+    runtime.apply_backend_flags()  # cudnn.benchmark on CUDA, as train sets it
     torch.manual_seed(0)
 
-    datasets = build_datasets(cfg)
-    train_set, val_set = datasets["train"], datasets["val"]
-    if len(train_set) < batch_size:
-        raise SystemExit(f"the training split has {len(train_set)} images, fewer than one batch of {batch_size}")
-    model = build_model(cfg.model, len(names)).to(device)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    loss_fn = build_loss(cfg.loss, names, None)
-    optimizer = build_optimizer(cfg, model)
+    train_set = val_set = None
+    if not args.ceiling_only:
+        datasets = build_datasets(cfg)
+        train_set, val_set = datasets["train"], datasets["val"]
+        if len(train_set) < batch_size:
+            raise SystemExit(f"the training split has {len(train_set)} images, fewer than one batch of {batch_size}")
+    model = runtime.place(build_model(cfg.model, len(names)))
+    loss_fn = build_loss(cfg.loss, names, None).to(device)
+    o = cfg.optim
+    optimizer = build_optimizer(o.name, model.parameters(), lr=o.lr, weight_decay=o.weight_decay, momentum=o.momentum)
+    scaler = runtime.grad_scaler()
     step_model = torch.compile(model) if args.compile else model
-    memory_format = torch.channels_last if channels_last else torch.preserve_format
 
     on_device: dict[str, DeviceCache] = {}  # filled for --cache device, as train does
 
     def train_loader(epoch: int):  # exactly as train builds each epoch's loader
-        return epoch_train_loader(cfg, train_set, on_device or None, batch_size, workers, epoch, device)
+        return epoch_train_loader(cfg, train_set, on_device or None, batch_size, workers, epoch, runtime)
 
     def val_loader(_: int):
-        return val_loader_for(val_set, on_device or None, batch_size, workers, device)
+        return val_loader_for(val_set, on_device or None, batch_size, workers, runtime)
 
     def synced(loader_for_epoch: Callable[[int], Iterable]) -> Callable[[int], Iterator]:
         """Batches handed out only once the device has made them (device batches are queued asynchronously)."""
@@ -278,19 +362,19 @@ def run_benchmark(args: argparse.Namespace, log: Callable[[str], None] = print) 
         f"{args.arch}/{encoder} {size} px, batch {batch_size}, {workers} workers, "
         f"amp {str(amp_dtype).replace('torch.', '') if amp_dtype else 'off'}, channels_last {channels_last}, compile {args.compile}")
 
-    # 1. The ceiling and the engine on resident data.
-    images = torch.randn(batch_size, 3, size, size, device=device).contiguous(memory_format=memory_format)
+    # 1. The ceiling and the training loop on resident data.
+    images = torch.randn(batch_size, 3, size, size, device=device).contiguous(memory_format=runtime.memory_format)
     targets = torch.randint(0, len(names), (batch_size, size, size), device=device)
     reset_peak(device)
-    record("ceiling", time_ceiling(step_model, loss_fn, optimizer, (images, targets), device, amp_dtype, warmup, steps))
+    record("ceiling", time_ceiling(step_model, loss_fn, optimizer, (images, targets), runtime, warmup, steps))
     resident = Clocked(lambda _: Resident((images, targets), total), total)
-    train_one_epoch(step_model, resident, loss_fn, optimizer, None, device, amp_dtype=amp_dtype, desc="engine", channels_last=channels_last)
+    train_one_epoch(step_model, resident, loss_fn, optimizer, None, runtime, scaler=scaler, desc="engine")
     sync(device)
     record("engine_resident", resident.rate(warmup, "processed", loader=False))
     del images, targets
 
     # 2. Data alone, training step and evaluation, for each cache setting.
-    caches = ["none"] if args.cache == "none" else ["none", args.cache]
+    caches = [] if args.ceiling_only else ["none"] if args.cache == "none" else ["none", args.cache]
     cache_info: dict[str, Any] = {}
     for cache in caches:
         if cache != "none":
@@ -301,7 +385,7 @@ def run_benchmark(args: argparse.Namespace, log: Callable[[str], None] = print) 
             entries = train_set.cache + val_set.cache
             size_mib = sum(t.numel() * t.element_size() for pair in entries for t in pair) / 2**20
             if cache == "device":
-                on_device.update({"train": DeviceCache(train_set, device), "val": DeviceCache(val_set, device)})
+                on_device.update(move_caches_to_device({"train": train_set, "val": val_set}, device, log))
                 size_mib = sum(c.nbytes() for c in on_device.values()) / 2**20
             cache_info = {
                 "mode": cache,
@@ -314,15 +398,19 @@ def run_benchmark(args: argparse.Namespace, log: Callable[[str], None] = print) 
             pass
         record(f"data_{cache}", data.rate(warmup, "arriving"))
         clocked = Clocked(train_loader, total)
-        train_one_epoch(step_model, clocked, loss_fn, optimizer, None, device, amp_dtype=amp_dtype, desc=f"train {cache}",
-                        channels_last=channels_last)
+        train_one_epoch(step_model, clocked, loss_fn, optimizer, None, runtime, scaler=scaler, desc=f"train {cache}")
         sync(device)
         record(f"train_{cache}", clocked.rate(warmup, "processed"))
         clocked = Clocked(val_loader, total)
-        evaluate(step_model, clocked, len(names), device, loss_fn=loss_fn, amp_dtype=amp_dtype, desc=f"eval {cache}",
-                 channels_last=channels_last)
+        evaluate_batches(step_model, clocked, len(names), runtime, loss_fn=loss_fn, desc=f"eval {cache}")
         sync(device)
         record(f"eval_{cache}", clocked.rate(warmup, "processed"))
+
+    # 3. The naive baseline, last (its own fresh fp32 model), in this same process.
+    naive_workers = None
+    if args.naive_baseline:
+        naive_workers = int(args.naive_workers)
+        record("naive_fp32", time_naive(cfg.data.root, names, cfg, size, batch_size, naive_workers, device, warmup, steps))
 
     ceiling = results["ceiling"]["images_per_s"]
     for result in results.values():
@@ -334,6 +422,9 @@ def run_benchmark(args: argparse.Namespace, log: Callable[[str], None] = print) 
         derived[f"data_over_train_step_{cache}"] = results[f"data_{cache}"]["images_per_s"] / results[f"train_{cache}"]["images_per_s"]
         derived[f"data_over_ceiling_{cache}"] = results[f"data_{cache}"]["images_per_s"] / ceiling
         derived[f"train_over_engine_resident_{cache}"] = results[f"train_{cache}"]["images_per_s"] / results["engine_resident"]["images_per_s"]
+        derived[f"eval_over_train_{cache}"] = results[f"eval_{cache}"]["images_per_s"] / results[f"train_{cache}"]["images_per_s"]
+        if "naive_fp32" in results:
+            derived[f"train_over_naive_{cache}"] = results[f"train_{cache}"]["images_per_s"] / results["naive_fp32"]["images_per_s"]
 
     usage = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
     children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
@@ -346,6 +437,8 @@ def run_benchmark(args: argparse.Namespace, log: Callable[[str], None] = print) 
         "torch": torch.__version__,
         "torchvision": torchvision.__version__,
         "smp": smp.__version__,
+        "cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version() if device.type == "cuda" else None,
         "python": platform.python_version(),
         "usable_cpus": usable_cpus(),
         "torch_threads": torch.get_num_threads(),
@@ -353,8 +446,8 @@ def run_benchmark(args: argparse.Namespace, log: Callable[[str], None] = print) 
         "load_average_end": list(os.getloadavg()),
         "data_root": str(cfg.data.root),
         "data_source": cfg.data.source,
-        "train_images": len(train_set),
-        "val_images": len(val_set),
+        "train_images": len(train_set) if train_set is not None else None,
+        "val_images": len(val_set) if val_set is not None else None,
         "arch": args.arch,
         "encoder": encoder,
         "image_size": size,
@@ -367,6 +460,9 @@ def run_benchmark(args: argparse.Namespace, log: Callable[[str], None] = print) 
         "warmup_steps": warmup,
         "timed_steps": steps,
         "cache": args.cache,
+        "ceiling_only": args.ceiling_only,
+        "naive_baseline": {"workers": naive_workers, "amp": None, "channels_last": False, "cudnn_benchmark": False,
+                           "dataset": "torchvision OxfordIIITPet trainval, decoded every epoch"} if args.naive_baseline else None,
         "command": "python scripts/benchmark.py " + " ".join(args.argv),
     }
     return {"settings": settings, "results": results, "derived": derived, "cache": cache_info, "memory": memory}
@@ -393,7 +489,11 @@ def format_table(report: dict[str, Any]) -> str:
 def main(argv: Optional[list[str]] = None) -> int:
     args = parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
-    report = run_benchmark(args)
+    try:
+        report = run_benchmark(args)
+    except SegPetError as exc:  # a bad --device, --data-root or setting: one line, as the seg_pet commands
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     print(format_table(report))
     if args.out is not None:
         write_json(args.out, report)

@@ -1,7 +1,7 @@
 """Does the decoded-image cache change results? The same short run with data.cache none and memory.
 
 Trains the same config (same seeds) with each cache and compares validation and test mIoU and the
-epoch times. With memory (and disk) every batch is bit-identical to no cache (tests/test_cache.py),
+epoch times. With memory (and disk) every batch is bit-identical to no cache (tests/integration/test_cache.py),
 so those runs must agree exactly. With device the training batches come from BatchAugment (float
 arithmetic, a different draw order), so runs differ sample by sample and should agree within the
 seed-to-seed spread.
@@ -21,8 +21,8 @@ from typing import Any, Optional
 import torch
 
 from seg_pet.config import load_config
-from seg_pet.fileio import write_json
-from seg_pet.train import train
+from seg_pet.runtime.fileio import write_json
+from seg_pet.training.train import train
 
 
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:

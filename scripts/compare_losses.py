@@ -4,7 +4,7 @@
     python scripts/compare_losses.py --epochs 30 --image-size 128 --losses ce wce dice
 
 Each loss gets its own run folder under --out (default outputs/loss_comparison/) trained by
-`seg_pet.train.train` with identical settings and seed; the table reports the best epoch's
+`seg_pet.training.train.train` with identical settings and seed; the table reports the best epoch's
 validation mIoU and per-class IoU (model selection on validation, as `train` does). Writes
 results.csv and results.md into --out and prints the markdown table.
 """
@@ -25,9 +25,10 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from seg_pet.config import config_to_dict, load_config  # noqa: E402
-from seg_pet.losses import LOSS_NAMES  # noqa: E402
-from seg_pet.train import train  # noqa: E402
+from seg_pet.config import LOSS_OPTIONS, config_to_dict, load_config  # noqa: E402
+from seg_pet.training.train import train  # noqa: E402
+
+LOSS_NAMES = tuple(LOSS_OPTIONS)
 
 EXTRA = {"wce": ["loss.class_weights=median"], "ce_dice": ["loss.dice_weight=1.0"]}
 

@@ -1,9 +1,9 @@
 """How a CPU training epoch grows with dataset size and image size.
 
 For each image size, the training split is cut into nested subsets (first 25 %, 50 %, 100 %
-of a fixed shuffle) and one epoch of engine.train_one_epoch is timed over a fresh loader per
-epoch, built as `train` builds it (so each epoch pays its worker start), plus one validation
-pass (engine.evaluate). A linear fit per image size, epoch_s = start + per_image * images,
+of a fixed shuffle) and one epoch of training.loop.train_one_epoch is timed over a fresh loader
+per epoch, built as `train` builds it (so each epoch pays its worker start), plus one validation
+pass (evaluation.evaluate_batches). A linear fit per image size, epoch_s = start + per_image * images,
 separates the fixed per-epoch cost from the per-image cost.
 
     python scripts/epoch_scaling.py --data-root /work/shared/data --out outputs/benchmark/epoch_scaling.json
@@ -21,14 +21,19 @@ from typing import Any, Optional
 import torch
 from torch.utils.data import Subset
 
-from seg_pet.cache import attach_cache
 from seg_pet.config import load_config
-from seg_pet.data import build_datasets, class_names, make_loader, resolve_num_workers
-from seg_pet.engine import evaluate, train_one_epoch
-from seg_pet.fileio import write_json
+from seg_pet.data.cache import attach_cache
+from seg_pet.data.loaders import make_loader, resolve_num_workers
+from seg_pet.data.sources import build_datasets
+from seg_pet.evaluation import evaluate_batches
+from seg_pet.labels import class_names
 from seg_pet.losses import build_loss
 from seg_pet.models import build_model
-from seg_pet.train import build_optimizer, epoch_seed
+from seg_pet.runtime.device import Runtime
+from seg_pet.runtime.fileio import write_json
+from seg_pet.runtime.seeding import epoch_seed
+from seg_pet.training.loop import train_one_epoch
+from seg_pet.training.optim import build_optimizer
 
 
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
@@ -59,7 +64,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     workers = resolve_num_workers(args.workers if args.workers == "auto" else int(args.workers))
-    device = torch.device("cpu")
+    runtime = Runtime.create("cpu")
     rows: list[dict[str, Any]] = []
     fits: dict[str, dict[str, float]] = {}
     print(f"epoch scaling on CPU: {args.encoder}, batch {args.batch_size}, {workers} workers, cache {args.cache}, torch threads {torch.get_num_threads()}")
@@ -73,22 +78,23 @@ def main(argv: Optional[list[str]] = None) -> int:
             attach_cache(ds, args.cache, data_root=args.data_root, num_workers=workers, name=f"{split} {size}px")
         torch.manual_seed(0)
         model = build_model(cfg.model, len(names))
-        optimizer = build_optimizer(cfg, model)
+        o = cfg.optim
+        optimizer = build_optimizer(o.name, model.parameters(), lr=o.lr, weight_decay=o.weight_decay, momentum=o.momentum)
         loss_fn = build_loss(cfg.loss, names, None)
         order = list(range(len(train_set)))
         random.Random(0).shuffle(order)
         # One untimed step first: allocator and first-call costs belong to no epoch size.
         warm = make_loader(train_set, args.batch_size, shuffle=True, num_workers=0, drop_last=True)
-        train_one_epoch(model, warm, loss_fn, optimizer, None, device, max_steps=1, desc="warm-up")
+        train_one_epoch(model, warm, loss_fn, optimizer, None, runtime, max_steps=1, desc="warm-up")
         for fraction in args.fractions:
             subset = Subset(train_set, sorted(order[: max(args.batch_size, round(fraction * len(train_set)))]))
             torch.manual_seed(epoch_seed(cfg.run.seed, 1))
             started = time.perf_counter()
             loader = make_loader(subset, args.batch_size, shuffle=True, num_workers=workers, seed=epoch_seed(cfg.run.seed, 1), drop_last=True)
-            stats = train_one_epoch(model, loader, loss_fn, optimizer, None, device, desc=f"{size}px {len(subset)}")
+            stats = train_one_epoch(model, loader, loss_fn, optimizer, None, runtime, desc=f"{size}px {len(subset)}")
             train_s = time.perf_counter() - started
             started = time.perf_counter()
-            evaluate(model, make_loader(val_set, args.batch_size, shuffle=False, num_workers=workers), len(names), device, loss_fn=loss_fn)
+            evaluate_batches(model, make_loader(val_set, args.batch_size, shuffle=False, num_workers=workers), len(names), runtime, loss_fn=loss_fn)
             val_s = time.perf_counter() - started
             images = stats["steps"] * args.batch_size
             row = {"image_size": size, "subset_images": len(subset), "trained_images": images, "steps": stats["steps"],

@@ -95,7 +95,7 @@ class Proc:
 def check_run(run_dir: Path, epochs: int) -> list[str]:
     """Problems with a finished run folder (empty when complete)."""
     from seg_pet.checkpoint import load_checkpoint
-    from seg_pet.errors import CheckpointError
+    from seg_pet.runtime.errors import CheckpointError
 
     problems = []
     try:

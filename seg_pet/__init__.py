@@ -1,23 +1,25 @@
 """seg_pet: semantic segmentation training on Oxford-IIIT Pet that tells the truth.
 
-Module map (read in this order):
-    config         YAML -> typed, validated dataclasses; --set overrides
-    data           dataset, trimap remap, splits, loaders, pixel counts
-    synthetic      a small generated dataset in the Oxford-IIIT Pet layout
-    cache          decoded-image cache (data.cache: memory | disk | device), device-resident batches
-    transforms     joint image/mask transforms (torchvision.transforms.v2), batched device augmentation
-    models         smp model factory
-    losses         loss factory (smp.losses / torch) and class weights
-    metrics        confusion matrix -> IoU, Dice, precision, recall
-    engine         one training epoch, one evaluation pass
-    checkpoint     save/load checkpoints (weights_only), RNG state
-    fileio         atomic writes
-    visualisation  overlays, panels, curves, confusion plots
-    diagnostics    `doctor` checks and per-epoch training monitors
-    train          the training workflow (train -> engine -> metrics)
-    evaluate       evaluating a finished run
-    study          the CE-vs-Dice loss study
-    cli            argument parsing; maps known errors to exit code 2
+The package is layered; each layer imports only the ones below it (checked by `lint-imports`,
+contracts in pyproject.toml). Top to bottom:
+
+    cli         one module per command: parse, load config, call one function, map errors to exit codes
+    study       the CE-vs-Dice loss study, on the public config, losses and metrics
+    export      ONNX export, verified against torch
+    predict     `Predictor`: a trained run applied to your own images
+    doctor      checks of the data, model and loss wiring before training
+    training    `train(cfg)`: the loop, optimisers, run folder, epoch records, monitors
+    evaluation  `load_run`, the evaluation pass, `evaluate_split`, the `evaluate` command
+    checkpoint  saving and safely loading checkpoints
+    viz, models, losses, metrics, tta
+                pictures; the smp model factory; LOSSES; confusion-matrix metrics; test-time augmentation
+    data        Oxford-IIIT Pet reader, synthetic data, transforms, caches, loaders, DATASETS
+    config      the schema (one declaration per key), loading, --set, validation, the docs reference
+    labels, runtime
+                the label contract (class names, trimap remap, ignore index, palette);
+                Runtime (device, autocast, channels_last), seeds, signals, errors, atomic files
+
+Each subpackage's docstring says what it owns.
 """
 
 __version__ = "0.1.0"

@@ -9,44 +9,19 @@ instant leaves the previous checkpoint loadable.
 from __future__ import annotations
 
 import pickle
-import random
 import re
 import warnings
 from pathlib import Path
 from typing import Any, Optional
 
-import numpy as np
 import torch
 from torch import nn
 
-from seg_pet.errors import CheckpointError
-from seg_pet.fileio import atomic_path
+from seg_pet.runtime.errors import CheckpointError
+from seg_pet.runtime.fileio import atomic_path
 
 FORMAT_VERSION = 1
 REQUIRED_KEYS = ("format", "model", "config", "epoch", "class_names")
-
-
-def rng_state() -> dict[str, Any]:
-    """Python, NumPy, torch and CUDA generator states, as tensors and plain values (weights_only-safe)."""
-    np_state = np.random.get_state()
-    state = {
-        "python": random.getstate(),
-        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), int(np_state[2]), int(np_state[3]), float(np_state[4])],
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-    name, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:

@@ -25,11 +25,13 @@ import math
 
 import torch
 
+from seg_pet.labels import IGNORE_INDEX
+
 
 class ConfusionMatrix:
     """Accumulates a C x C int64 confusion matrix (on CPU) over many batches."""
 
-    def __init__(self, num_classes: int, ignore_index: int = 255) -> None:
+    def __init__(self, num_classes: int, ignore_index: int = IGNORE_INDEX) -> None:
         self.num_classes = num_classes
         self.ignore_index = ignore_index
         self.mat = torch.zeros(num_classes, num_classes, dtype=torch.int64)
@@ -125,7 +127,7 @@ def confusion_csv(mat: torch.Tensor, class_names: list[str]) -> str:
     return "\n".join(rows) + "\n"
 
 
-def batch_metrics(logits: torch.Tensor, target: torch.Tensor, class_names: list[str], ignore_index: int = 255) -> dict:
+def batch_metrics(logits: torch.Tensor, target: torch.Tensor, class_names: list[str], ignore_index: int = IGNORE_INDEX) -> dict:
     """`compute_metrics` of one batch's argmax prediction (for monitoring single steps, not for reporting)."""
     matrix = ConfusionMatrix(len(class_names), ignore_index)
     matrix.update(target, logits.argmax(dim=1))

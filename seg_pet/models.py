@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from seg_pet.config import ModelConfig
-from seg_pet.errors import CheckpointError, ConfigError
+from seg_pet.runtime.errors import CheckpointError, ConfigError
 
 WEIGHT_NAMES = ("imagenet",)  # smp also knows others for some encoders; a path means a local file
 

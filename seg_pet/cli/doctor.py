@@ -1,0 +1,22 @@
+"""`seg_pet doctor`: check data, model and loss wiring for the classic failure modes."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from seg_pet.cli.common import add_overrides
+from seg_pet.config import load_config
+from seg_pet.doctor import run_doctor
+
+HELP = "check data, model and loss wiring for the classic failure modes"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", type=Path, required=True)
+    add_overrides(p)
+    p.add_argument("--out", type=Path, metavar="DIR", help="also save a class-balance bar chart in DIR (by default doctor writes nothing)")
+
+
+def run(args: argparse.Namespace) -> int:
+    return run_doctor(load_config(args.config, args.overrides), out=args.out)

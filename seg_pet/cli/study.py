@@ -1,0 +1,22 @@
+"""`seg_pet study`: run the CE-vs-Dice loss study grid."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from seg_pet.cli.common import add_overrides
+from seg_pet.study.run import run_study
+
+HELP = "run the CE-vs-Dice loss study grid"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", type=Path, required=True)
+    add_overrides(p)
+    p.add_argument("--overwrite", action="store_true", help="replace an existing study folder")
+
+
+def run(args: argparse.Namespace) -> int:
+    run_study(args.config, args.overrides, overwrite=args.overwrite)
+    return 0

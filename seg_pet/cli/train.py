@@ -1,0 +1,56 @@
+"""`seg_pet train`: train a model; evaluates the best checkpoint on test once at the end."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from seg_pet.cli.common import add_overrides, positive_int
+from seg_pet.config import Config, load_config
+from seg_pet.runtime.errors import SegPetError
+from seg_pet.runtime.signals import Interrupted, Terminated
+from seg_pet.training.rundir import resume_command
+from seg_pet.training.train import train
+
+HELP = "train a model; evaluates the best checkpoint on test once at the end"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", type=Path, help="YAML config file (not needed with --resume)")
+    add_overrides(p)
+    p.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue the run in RUN_DIR from checkpoints/last.pt")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
+    p.add_argument("--stop-after-epoch", type=positive_int, metavar="N",
+                   help="exit cleanly once epoch N is saved (the schedule still spans optim.epochs); continue later with --resume")
+
+
+def load_train_config(args: argparse.Namespace) -> Config:
+    """--config FILE, or the run's own config.yaml with --resume (the folder given is the run, wherever it moved)."""
+    if args.resume is None:
+        if args.config is None:
+            raise SegPetError("train needs --config FILE (or --resume RUN_DIR)")
+        return load_config(args.config, args.overrides)
+    if args.overwrite:
+        raise SegPetError("--resume continues a run and --overwrite replaces it: use one of them")
+    if args.config is not None:
+        raise SegPetError("--resume uses the run's own config.yaml; drop --config (use --set to change a key, e.g. optim.epochs)")
+    if not (args.resume / "config.yaml").is_file():
+        raise SegPetError(f"--resume {args.resume}: not a seg_pet run folder (no config.yaml)")
+    cfg = load_config(args.resume / "config.yaml", args.overrides)
+    cfg.run.output_dir, cfg.run.name = str(args.resume.parent), args.resume.name
+    return cfg
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = load_train_config(args)
+    try:
+        train(cfg, resume=args.resume is not None, overwrite=args.overwrite, stop_after_epoch=args.stop_after_epoch)
+    except Interrupted as exc:
+        print(f"\n{exc}", file=sys.stderr)
+        return exc.exit_code
+    except (Terminated, KeyboardInterrupt):  # outside the phases that say more (setup, a second Ctrl-C)
+        if (cfg.run_dir / "checkpoints" / "last.pt").is_file():
+            print(f"{cfg.run_dir} is resumable: {resume_command(cfg.run_dir)}", file=sys.stderr)
+        raise
+    return 0

@@ -1,0 +1,37 @@
+"""The config layer: the schema (one declaration of every key), loading, `--set`, and validation.
+
+    schema     dataclasses: types, defaults, allowed values, ranges, help text; LOSS_OPTIONS per loss
+    loading    YAML (safe_load) + overrides -> a checked `Config`; `config_to_dict` / `dump_config` back
+    reference  docs/configuration.md, generated from the schema
+
+Public, so the loss study builds its own sections with the same checks.
+"""
+
+from seg_pet.config.loading import (
+    apply_override,
+    build_section,
+    config_from_dict,
+    config_to_dict,
+    dump_config,
+    load_config,
+    read_yaml,
+    suggest,
+)
+from seg_pet.config.schema import (
+    LOSS_OPTIONS,
+    Config,
+    DataConfig,
+    EvalConfig,
+    LossConfig,
+    ModelConfig,
+    OptimConfig,
+    RunConfig,
+    TrainConfig,
+    option,
+)
+
+__all__ = [
+    "LOSS_OPTIONS", "Config", "DataConfig", "EvalConfig", "LossConfig", "ModelConfig", "OptimConfig", "RunConfig",
+    "TrainConfig", "apply_override", "build_section", "config_from_dict", "config_to_dict", "dump_config", "load_config",
+    "option", "read_yaml", "suggest",
+]

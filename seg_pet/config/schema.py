@@ -1,0 +1,202 @@
+"""The config schema: every key's type, default, allowed values, range and help text, declared once.
+
+Loading (seg_pet.config.loading) checks values against these declarations, and the config
+reference in docs/configuration.md is generated from them (seg_pet.config.reference), so the
+two cannot drift apart. Losses have options of their own: `LOSS_OPTIONS` maps each loss name to
+the dataclass of the options that loss accepts; in YAML they sit flat beside `loss.name`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Union
+
+
+def option(default: Any, help: str, *, choices: tuple = (), ge: Optional[float] = None, gt: Optional[float] = None,
+           lt: Optional[float] = None, le: Optional[float] = None) -> Any:
+    """A config key: its default and what the loader checks. Every number must also be finite."""
+    return field(default=default, metadata={"help": help, "choices": choices, "ge": ge, "gt": gt, "lt": lt, "le": le})
+
+
+ARCHITECTURES = ("unet", "unetplusplus", "fpn", "deeplabv3", "deeplabv3plus", "linknet", "pspnet", "manet", "pan",
+                 "upernet", "segformer", "dpt")
+CLASS_WEIGHT_SCHEMES = ("inverse", "median", "sqrt_inverse")
+DICE_VARIANTS = ("dice", "dice_sq", "dice_fg", "dice_fg_sq")
+
+
+@dataclass
+class RunConfig:
+    name: str = option("pet_unet", "run folder name; the run folder is exactly `<run.output_dir>/<run.name>/`")
+    output_dir: str = option("outputs", "parent of run folders")
+    seed: int = option(0, "seeds python, numpy, torch, the validation split, shuffling and augmentation", ge=0)
+
+
+@dataclass
+class DataConfig:
+    source: str = option("oxford", "`oxford`: the dataset at `data.root`; `synthetic`: generated into `data.root` (smoke tests)",
+                         choices=("oxford", "synthetic"))
+    root: str = option("data", "the folder that holds `oxford-iiit-pet/`")
+    download: bool = option(False, "download the dataset with torchvision when it is missing")
+    image_size: int = option(256, "training and evaluation size in pixels; a multiple of 32 (the U-Net downsamples 5 times)", ge=32)
+    val_fraction: float = option(0.1, "share of trainval held out for validation, stratified by breed", gt=0.0, lt=1.0)
+    border: str = option("class", "the trimap's border ring: `class` (3 classes), `ignore` (left out of loss and metrics), "
+                                  "`pet` (merged into pet)", choices=("class", "ignore", "pet"))
+    batch_size: int = option(16, "images per training step", ge=1)
+    num_workers: Union[int, str] = option("auto", "DataLoader workers; `auto` = usable CPUs - 1, at most 16")
+    synthetic_images: int = option(60, "images generated for `data.source: synthetic`", ge=8)
+    cache: str = option("none", "decoded-image cache: `none`, `memory`, `disk`, or `device` (kept on the training device, "
+                                "batches augmented there)", choices=("none", "memory", "disk", "device"))
+
+
+@dataclass
+class ModelConfig:
+    arch: str = option("unet", "segmentation_models_pytorch architecture", choices=ARCHITECTURES)
+    encoder: str = option("resnet34", "any segmentation_models_pytorch encoder name")
+    encoder_weights: Optional[str] = option("imagenet", "`imagenet`, `null` (random init) or a path to a local weights file")
+
+
+# --------------------------------------------------------------------------- loss options, one dataclass per loss
+
+_SMOOTHING = "CE label smoothing"
+_WEIGHTS = "class weights: a scheme (`inverse`, `median`, `sqrt_inverse`, from training-split pixel counts) or one number per class"
+_CLASSES = "class names whose Dice terms are averaged (default: all)"
+
+
+@dataclass
+class NoOptions:
+    pass
+
+
+@dataclass
+class CEOptions:
+    label_smoothing: float = option(0.0, _SMOOTHING, ge=0.0, lt=1.0)
+    class_weights: Union[str, list[float], None] = option(None, _WEIGHTS)
+
+
+@dataclass
+class WCEOptions:
+    label_smoothing: float = option(0.0, _SMOOTHING, ge=0.0, lt=1.0)
+    class_weights: Union[str, list[float]] = option("inverse", _WEIGHTS)
+
+
+@dataclass
+class ClassesOptions:
+    classes: Optional[list[str]] = option(None, _CLASSES)
+
+
+@dataclass
+class CEDiceOptions:
+    label_smoothing: float = option(0.0, _SMOOTHING, ge=0.0, lt=1.0)
+    class_weights: Union[str, list[float], None] = option(None, _WEIGHTS)
+    dice_weight: float = option(1.0, "weight of the Dice term: loss = CE + dice_weight * Dice", ge=0.0)
+    dice_variant: str = option("dice", "which Dice is added to CE", choices=DICE_VARIANTS)
+
+
+@dataclass
+class FocalOptions:
+    gamma: float = option(2.0, "focusing parameter", ge=0.0)
+    class_weights: Union[str, list[float], None] = option(None, _WEIGHTS)
+
+
+@dataclass
+class TverskyOptions:
+    alpha: float = option(0.5, "weight of false positives", ge=0.0)
+    beta: float = option(0.5, "weight of false negatives", ge=0.0)
+    classes: Optional[list[str]] = option(None, _CLASSES)
+
+
+LOSS_OPTIONS: dict[str, type] = {
+    "ce": CEOptions,
+    "wce": WCEOptions,
+    "dice": ClassesOptions,
+    "dice_sq": ClassesOptions,
+    "dice_fg": NoOptions,
+    "dice_fg_sq": NoOptions,
+    "ce_dice": CEDiceOptions,
+    "focal": FocalOptions,
+    "lovasz": NoOptions,
+    "tversky": TverskyOptions,
+    "jaccard": ClassesOptions,
+}
+LOSS_HELP = {
+    "ce": "cross-entropy",
+    "wce": "class-weighted cross-entropy (inverse-frequency weights by default)",
+    "dice": "soft Dice, mean over classes (smp DiceLoss)",
+    "dice_sq": "soft Dice with squared denominator (V-Net)",
+    "dice_fg": "soft Dice over the foreground classes only",
+    "dice_fg_sq": "squared-denominator Dice over the foreground classes only",
+    "ce_dice": "cross-entropy + dice_weight * Dice",
+    "focal": "focal loss (smp, one-vs-rest sigmoid form)",
+    "lovasz": "Lovasz-softmax (smp)",
+    "tversky": "Tversky loss (smp)",
+    "jaccard": "soft Jaccard / IoU loss (smp)",
+}
+
+
+@dataclass
+class LossConfig:
+    """`name` picks the loss; its options (LOSS_OPTIONS[name]) sit flat beside it in YAML."""
+
+    name: str = option("ce", "the loss; its options are listed per loss below", choices=tuple(LOSS_OPTIONS))
+    options: Any = field(default_factory=CEOptions)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """An option of the chosen loss, or `default` when that loss has no such option."""
+        return getattr(self.options, key, default)
+
+
+@dataclass
+class OptimConfig:
+    name: str = option("adamw", "optimiser", choices=("adamw", "adam", "sgd"))
+    lr: float = option(1e-3, "peak learning rate", gt=0.0, le=10.0)
+    weight_decay: float = option(1e-4, "weight decay", ge=0.0, le=1.0)
+    momentum: float = option(0.9, "SGD momentum (sgd only)", ge=0.0, lt=1.0)
+    scheduler: str = option("cosine", "per-iteration schedule: `cosine` to 0, `poly` (power 0.9), or `none`",
+                            choices=("cosine", "poly", "none"))
+    epochs: int = option(30, "training epochs", ge=1, le=100_000)
+    grad_clip: Optional[float] = option(None, "clip the global gradient norm to this value; null = no clipping", gt=0.0)
+
+
+@dataclass
+class TrainConfig:
+    device: str = option("auto", "`auto`, `cpu`, `cuda` or `cuda:N`")
+    amp: bool = option(True, "bf16 autocast on CUDA where supported (fp16 + loss scaling otherwise); ignored on CPU")
+    overlays: int = option(4, "validation images drawn every epoch", ge=0, le=1000)
+    deterministic: bool = option(False, "`torch.use_deterministic_algorithms` (slower on GPU)")
+    compile: bool = option(False, "`torch.compile` the model")
+    max_steps_per_epoch: Optional[int] = option(None, "cap on training steps per epoch (quick experiments, tests)", ge=1)
+
+
+@dataclass
+class EvalConfig:
+    native_resolution: bool = option(False, "score each image at its original size (logits resized back before the argmax)")
+    tta: str = option("none", "test-time augmentation for `evaluate` and the end-of-training test (per-epoch validation never "
+                              "uses it): `none`, `hflip` (mean logits of image and mirror), `hflip+scales` (hflip at 0.75, 1 and "
+                              "1.25 x image_size); see docs/use_your_model.md", choices=("none", "hflip", "hflip+scales"))
+
+
+@dataclass
+class Config:
+    run: RunConfig = field(default_factory=RunConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.run.output_dir) / self.run.name
+
+
+SECTION_HELP = {
+    "run": "where the run folder goes, and the seed",
+    "data": "the dataset, splits, image size, batches and caches",
+    "model": "the network",
+    "loss": "the training loss and its options",
+    "optim": "optimiser and learning-rate schedule",
+    "train": "device and training-loop settings",
+    "eval": "how validation and test are scored",
+}

@@ -1,0 +1,172 @@
+"""Evaluation: a model on a split, from one confusion matrix; loading a finished run; the `evaluate` command.
+
+    load_run           run folder -> (config, model with the checkpoint's weights, class names)
+    evaluate_batches   the evaluation pass: a confusion matrix over every batch (and the mean loss), with optional TTA
+    evaluate_split     every metric of a model on a dataset
+    evaluate_run       the `evaluate` command
+
+Test-set discipline: training evaluates best.pt on test exactly once and writes
+`test_metrics.json`. `evaluate` defaults to the validation split, never overwrites
+`test_metrics.json`, and refuses to look at test again unless given --force.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+from typing import Any, Callable, Iterable, NamedTuple, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from seg_pet.checkpoint import load_checkpoint, load_model_weights
+from seg_pet.config import Config, config_to_dict, load_config
+from seg_pet.data.cache import attach_cache
+from seg_pet.labels import class_names
+from seg_pet.data.loaders import make_loader, resolve_num_workers
+from seg_pet.data.oxford import PetSegmentation
+from seg_pet.data.sources import build_datasets, build_test_dataset
+from seg_pet.metrics import ConfusionMatrix, compute_metrics, confusion_csv, format_table
+from seg_pet.models import build_model
+from seg_pet.runtime.device import Runtime
+from seg_pet.runtime.errors import SegPetError
+from seg_pet.runtime.fileio import atomic_write, write_json
+from seg_pet.tta import tta_logits
+from seg_pet.viz import plot_confusion
+
+
+class LoadedRun(NamedTuple):
+    cfg: Config
+    model: nn.Module  # on the CPU, in eval mode
+    class_names: list[str]
+    state: dict[str, Any]  # the checkpoint (epoch, metrics, ...)
+    checkpoint_path: Path
+
+
+def checkpoint_path(run_dir: Path, checkpoint: str) -> Path:
+    """best | last -> the run's own file; anything else is a path."""
+    return run_dir / "checkpoints" / f"{checkpoint}.pt" if checkpoint in ("best", "last") else Path(checkpoint)
+
+
+def load_run(run_dir: str | Path, checkpoint: str = "best", overrides: Iterable[str] = ()) -> LoadedRun:
+    """A finished (or stopped) run: its config (with `--set` overrides), the model with the checkpoint's weights.
+
+    The checkpoint holds every weight, so the encoder is rebuilt without downloading pretrained weights.
+    """
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.yaml").is_file():
+        raise SegPetError(f"--run {run_dir}: not a seg_pet run folder (no config.yaml)")
+    cfg = load_config(run_dir / "config.yaml", list(overrides))
+    path = checkpoint_path(run_dir, checkpoint)
+    state = load_checkpoint(path)
+    names = class_names(cfg.data.border)
+    model = build_model(dataclasses.replace(cfg.model, encoder_weights=None), len(names))
+    load_model_weights(model, state, path, names, config_to_dict(cfg)["model"])
+    return LoadedRun(cfg, model.eval(), names, state, path)
+
+
+@torch.inference_mode()
+def evaluate_batches(
+    model: nn.Module,
+    loader: Iterable,
+    num_classes: int,
+    runtime: Runtime,
+    *,
+    loss_fn: Optional[Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = None,
+    desc: str = "val",
+    tta: str = "none",
+) -> tuple[ConfusionMatrix, float]:
+    """Confusion matrix over the whole loader, and the mean loss per batch (NaN without loss_fn).
+
+    When targets are larger than the model input (native-resolution evaluation), logits are
+    resized bilinearly to the target size before the argmax. Native-resolution batches carry
+    a list of masks of differing sizes (data.collate_native): each image is scored at its own
+    size, and the batch loss is the mean of the per-image losses. `tta` (seg_pet.tta): the logits
+    are averaged over flipped / rescaled passes before all of this; "none" is one plain pass.
+    """
+    model.eval()
+    matrix = ConfusionMatrix(num_classes)
+    total_loss, batches = 0.0, 0
+    device = runtime.device
+    for images, targets in tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, disable=None):
+        images = runtime.to_device(images)
+        if isinstance(targets, (list, tuple)):
+            logits = tta_logits(model, images, tta, runtime.autocast)
+            batch_loss = 0.0
+            for one_logits, target in zip(logits, targets):
+                target = target.to(device, non_blocking=True)[None]
+                one_logits = F.interpolate(one_logits[None], size=target.shape[-2:], mode="bilinear", align_corners=False)
+                if loss_fn is not None:
+                    batch_loss += loss_fn(one_logits, target).item() / len(targets)
+                matrix.update(target, one_logits.argmax(dim=1))
+            if loss_fn is not None:
+                total_loss += batch_loss
+                batches += 1
+            continue
+        targets = targets.to(device, non_blocking=True)
+        logits = tta_logits(model, images, tta, runtime.autocast)
+        if logits.shape[-2:] != targets.shape[-2:]:
+            logits = F.interpolate(logits, size=targets.shape[-2:], mode="bilinear", align_corners=False)
+        if loss_fn is not None:
+            total_loss += loss_fn(logits, targets).item()
+            batches += 1
+        matrix.update(targets, logits.argmax(dim=1))
+    return matrix, (total_loss / batches if batches else math.nan)
+
+
+def evaluate_split(model: nn.Module, dataset: PetSegmentation, cfg: Config, runtime: Runtime, names: list[str], desc: str = "eval") -> dict[str, Any]:
+    """All metrics of `model` on `dataset` from one confusion matrix, plus the matrix itself."""
+    loader = make_loader(dataset, cfg.data.batch_size, shuffle=False, num_workers=resolve_num_workers(cfg.data.num_workers),
+                         pin_memory=runtime.pin_memory)
+    matrix, _ = evaluate_batches(model, loader, len(names), runtime, desc=desc, tta=cfg.eval.tta)
+    metrics = compute_metrics(matrix.mat, names)
+    return {"num_images": len(dataset), **metrics, "confusion": matrix.mat.tolist()}
+
+
+def write_test_outputs(run_dir: Path, metrics: dict[str, Any], names: list[str]) -> None:
+    """test_metrics.json is written last: its presence means the run is complete (resume checks it)."""
+    matrix = torch.tensor(metrics["confusion"])
+    with atomic_write(run_dir / "test_confusion.csv") as f:
+        f.write(confusion_csv(matrix, names))
+    plot_confusion(matrix, names, run_dir / "plots" / "test_confusion.png", title=f"test, epoch {metrics['checkpoint_epoch']} (row-normalised)")
+    write_json(run_dir / "test_metrics.json", metrics)
+
+
+def evaluate_run(
+    run_dir: str | Path,
+    *,
+    split: str = "val",
+    checkpoint: str = "best",
+    overrides: tuple[str, ...] | list[str] = (),
+    out: Optional[str | Path] = None,
+    force: bool = False,
+    log=print,
+) -> dict[str, Any]:
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.yaml").is_file():
+        raise SegPetError(f"--run {run_dir}: not a seg_pet run folder (no config.yaml)")
+    if split == "test" and (run_dir / "test_metrics.json").exists() and not force:
+        raise SegPetError(
+            f"{run_dir} was already evaluated on the test split (test_metrics.json); the test set is for one final "
+            "number, not for model selection: use --split val, or --force if you really mean it"
+        )
+    if out is not None and Path(out).resolve() == (run_dir / "test_metrics.json").resolve():
+        raise SegPetError(f"--out {out}: refusing to overwrite the training run's test_metrics.json")
+    cfg, model, names, state, _ = load_run(run_dir, checkpoint, overrides)
+    runtime = Runtime.create(cfg.train.device, amp=cfg.train.amp)
+    dataset = build_test_dataset(cfg) if split == "test" else build_datasets(cfg)["val"]
+    if split == "val" and cfg.data.cache == "disk":  # reuse the run's validation cache (bit-identical to decoding)
+        attach_cache(dataset, "disk", data_root=cfg.data.root, run_dir=run_dir, num_workers=resolve_num_workers(cfg.data.num_workers), log=log, name=split)
+    model = runtime.place(model)
+    metrics = evaluate_split(model, dataset, cfg, runtime, names, desc=split)
+    metrics = {"split": split, "checkpoint": str(checkpoint), "checkpoint_epoch": state["epoch"], "tta": cfg.eval.tta, **metrics}
+    tta_note = "" if cfg.eval.tta == "none" else f", TTA {cfg.eval.tta}"
+    log(f"{split} split, {checkpoint} checkpoint (epoch {state['epoch']}{tta_note}), {metrics['num_images']} images:")
+    log(format_table(metrics, names))
+    if out is not None:
+        write_json(out, metrics)
+        log(f"metrics written to {out}")
+    return metrics

@@ -1,0 +1,132 @@
+"""The losses layer: `LOSSES` maps each `loss.name` to its builder; `build_loss` makes the module.
+
+Every loss takes logits (N, C, H, W) and int64 targets (N, H, W), skips pixels whose target is
+IGNORE_INDEX (no loss, no gradient) and returns a scalar; softmax happens inside the loss. The
+options each loss accepts are declared in the config schema (LOSS_OPTIONS); a combined loss is a
+weighted list of terms (WeightedSum).
+
+    dice     the hand-written squared-denominator Dice, and the choice between the Dice forms
+    weights  class weights from training-split pixel counts
+
+Behaviour of the smp losses used here, read from smp 0.6.0's source and pinned by tests:
+  * DiceLoss / JaccardLoss / TverskyLoss (mode="multiclass", ignore_index given): ignored
+    pixels are zeroed in both prediction and one-hot target before the sums, so they add
+    nothing. Sums run over batch and pixels together (dims (0, 2)), smooth=0 and the
+    denominator is clamped to eps=1e-7. A class absent from the batch's (non-ignored)
+    target gets loss 0 -- so its false positives are not penalised -- yet still counts
+    in the divisor of the class mean. `classes` selects which per-class terms are averaged.
+  * FocalLoss(mode="multiclass") is NOT the softmax focal loss: it is a one-vs-rest
+    *sigmoid* binary focal loss per class channel, mean over non-ignored pixels, then
+    mean (or class-weighted mean) over channels. At gamma=0 it is per-channel BCE, not
+    CE, and its minimum needs every non-target logit -> -inf, not just below the target's.
+  * LovaszLoss(mode="multiclass") drops ignored pixels and averages over the classes
+    present in the batch.
+  * With every pixel ignored, torch CE and smp focal return NaN and smp Lovasz an empty
+    tensor; `build_loss` therefore returns 0 (zero gradient) for such a batch.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Optional
+
+import segmentation_models_pytorch as smp
+import torch
+from torch import nn
+
+from seg_pet.config import LossConfig
+from seg_pet.labels import IGNORE_INDEX
+from seg_pet.losses.dice import dice_loss
+from seg_pet.losses.weights import compute_class_weights, needs_class_weights
+
+__all__ = ["LOSSES", "WeightedSum", "SegLoss", "build_loss", "compute_class_weights", "needs_class_weights"]
+
+
+class WeightedSum(nn.Module):
+    """sum_i weight_i * loss_i(logits, target): a combined loss as a weighted list of terms."""
+
+    def __init__(self, terms: list[tuple[float, nn.Module]]) -> None:
+        super().__init__()
+        self.weights = [float(w) for w, _ in terms]
+        self.terms = nn.ModuleList(loss for _, loss in terms)
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return sum(w * loss(logits, target) for w, loss in zip(self.weights, self.terms))
+
+
+class SegLoss(nn.Module):
+    """The module `build_loss` returns: the chosen loss, guarded against all-ignored batches."""
+
+    def __init__(self, name: str, loss: nn.Module, ignore_index: int) -> None:
+        super().__init__()
+        self.name = name
+        self.loss = loss
+        self.ignore_index = ignore_index
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        # CE and smp focal give 0/0 = NaN (and smp Lovasz an empty tensor) when no pixel
+        # is labelled; the trainer would read NaN as divergence, so return a real zero.
+        if not bool((target != self.ignore_index).any()):
+            return logits.sum() * 0.0
+        return self.loss(logits, target)
+
+
+# A builder gets (options, class names, class-weight tensor or None, the indices of `options.classes` or None).
+Builder = Callable[[Any, list[str], Optional[torch.Tensor], Optional[list[int]]], nn.Module]
+
+
+def _ce(o: Any, names: list[str], weights: Optional[torch.Tensor], classes: Optional[list[int]]) -> nn.Module:
+    return nn.CrossEntropyLoss(weight=weights, ignore_index=IGNORE_INDEX, label_smoothing=float(o.label_smoothing))
+
+
+def _dice_named(variant: str) -> Builder:
+    return lambda o, names, weights, classes: dice_loss(variant, names, classes)
+
+
+def _ce_dice(o: Any, names: list[str], weights: Optional[torch.Tensor], classes: Optional[list[int]]) -> nn.Module:
+    return WeightedSum([(1.0, _ce(o, names, weights, None)), (o.dice_weight, dice_loss(o.dice_variant, names, None))])
+
+
+def _focal(o: Any, names: list[str], weights: Optional[torch.Tensor], classes: Optional[list[int]]) -> nn.Module:
+    # smp's class_weights give a normalised weighted mean of the per-class (one-vs-rest) focal
+    # terms, so a weight scales both misses and false alarms of that class.
+    return smp.losses.FocalLoss(mode="multiclass", gamma=float(o.gamma), ignore_index=IGNORE_INDEX,
+                                class_weights=None if weights is None else weights.tolist())
+
+
+def _tversky(o: Any, names: list[str], weights: Optional[torch.Tensor], classes: Optional[list[int]]) -> nn.Module:
+    return smp.losses.TverskyLoss(mode="multiclass", classes=classes, ignore_index=IGNORE_INDEX, alpha=float(o.alpha), beta=float(o.beta))
+
+
+LOSSES: dict[str, Builder] = {
+    "ce": _ce,
+    "wce": _ce,
+    "dice": _dice_named("dice"),
+    "dice_sq": _dice_named("dice_sq"),
+    "dice_fg": _dice_named("dice_fg"),
+    "dice_fg_sq": _dice_named("dice_fg_sq"),
+    "ce_dice": _ce_dice,
+    "focal": _focal,
+    "lovasz": lambda o, names, weights, classes: smp.losses.LovaszLoss(mode="multiclass", ignore_index=IGNORE_INDEX),
+    "tversky": _tversky,
+    "jaccard": lambda o, names, weights, classes: smp.losses.JaccardLoss(mode="multiclass", classes=classes, ignore_index=IGNORE_INDEX),
+}
+
+
+def build_loss(cfg: LossConfig, class_names: list[str], class_weights: Optional[list[float]] = None) -> nn.Module:
+    """The loss `cfg.name` names; forward(logits, target) returns a scalar.
+
+    class_weights: the per-class weights from `compute_class_weights`; required when
+    `needs_class_weights(cfg)`, taken from the config when it lists them explicitly.
+    """
+    setting = cfg.get("class_weights")
+    if setting is None and class_weights is not None:
+        raise ValueError(f"class weights were passed but loss {cfg.name!r} is configured without them")
+    if isinstance(setting, str) and class_weights is None:
+        raise ValueError(f"loss {cfg.name!r} uses {setting!r} class weights: pass compute_class_weights(...)")
+    weights = class_weights if class_weights is not None else setting
+    if weights is not None and len(weights) != len(class_names):
+        raise ValueError(f"expected {len(class_names)} class weights, got {len(weights)}")
+    weight_tensor = None if weights is None else torch.tensor([float(w) for w in weights])
+    names = cfg.get("classes")
+    classes = None if names is None else [class_names.index(n) for n in names]
+    return SegLoss(cfg.name, LOSSES[cfg.name](cfg.options, class_names, weight_tensor, classes), IGNORE_INDEX)

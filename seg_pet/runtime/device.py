@@ -1,0 +1,92 @@
+"""`Runtime`: every decision that depends on the device, made once.
+
+Which device, whether autocast runs and in which dtype, channels_last, pinned host memory and the
+cudnn flags are all derived here from the config's device setting; the rest of the code asks the
+`Runtime` instead of testing `device.type` itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from torch import nn
+
+from seg_pet.runtime.errors import ConfigError
+
+
+def resolve_device(setting: str, key: str = "train.device") -> torch.device:
+    """auto | cpu | cuda | cuda:N -> a device that exists here; `key` names the setting in errors."""
+    if setting == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if setting.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ConfigError(f"{key}: {setting!r} requested but CUDA is not available here (torch {torch.__version__}); use {key}: cpu or auto")
+        index = int(setting.split(":")[1]) if ":" in setting else 0
+        if index >= torch.cuda.device_count():
+            raise ConfigError(f"{key}: {setting!r} but only {torch.cuda.device_count()} CUDA device(s) are visible")
+    return torch.device(setting)
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """How tensors and models are placed and computed on this process's device."""
+
+    device: torch.device
+    amp_dtype: Optional[torch.dtype] = None  # autocast dtype, None = fp32
+    deterministic: bool = False
+
+    @classmethod
+    def create(cls, setting: str, *, amp: bool = True, deterministic: bool = False, key: str = "train.device") -> "Runtime":
+        """bf16 autocast on CUDA where supported (no loss scaling needed), fp16 otherwise; none on CPU."""
+        device = resolve_device(setting, key)
+        amp_dtype = None
+        if amp and device.type == "cuda":
+            amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return cls(device, amp_dtype, deterministic)
+
+    @property
+    def cuda(self) -> bool:
+        return self.device.type == "cuda"
+
+    @property
+    def channels_last(self) -> bool:
+        """NHWC activations: faster convolutions with tensor cores; no gain on CPU."""
+        return self.cuda
+
+    @property
+    def memory_format(self) -> torch.memory_format:
+        return torch.channels_last if self.channels_last else torch.preserve_format
+
+    @property
+    def pin_memory(self) -> bool:
+        return self.cuda
+
+    def apply_backend_flags(self) -> None:
+        """cudnn autotuning unless results must be reproducible; deterministic kernels when asked."""
+        if self.deterministic:
+            torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = self.cuda and not self.deterministic
+
+    def autocast(self):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
+
+    def grad_scaler(self) -> Optional[torch.amp.GradScaler]:
+        """fp16 needs loss scaling; bf16 and fp32 do not."""
+        return torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
+
+    def place(self, model: nn.Module) -> nn.Module:
+        """The model on this device, in channels_last layout where that is faster."""
+        model = model.to(self.device)
+        return model.to(memory_format=torch.channels_last) if self.channels_last else model
+
+    def to_device(self, images: torch.Tensor) -> torch.Tensor:
+        return images.to(self.device, non_blocking=True, memory_format=self.memory_format)
+
+    def describe(self) -> str:
+        autocast = f", autocast {str(self.amp_dtype).replace('torch.', '')}" if self.amp_dtype else ""
+        return f"device {self.device}{autocast}"

@@ -1,0 +1,82 @@
+"""One training epoch: the inner loop, nothing else.
+
+Like torchvision's references/segmentation: a plain function with explicit arguments.
+The scheduler steps every iteration. (The evaluation pass lives in seg_pet.evaluation.)
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Iterable, Optional
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from seg_pet.runtime.device import Runtime
+from seg_pet.runtime.errors import TrainingDiverged
+
+
+def train_one_epoch(
+    model: nn.Module,
+    loader: Iterable,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    optimizer: torch.optim.Optimizer,
+    scheduler: Optional[torch.optim.lr_scheduler.LRScheduler],
+    runtime: Runtime,
+    *,
+    scaler: Optional[torch.amp.GradScaler] = None,
+    grad_clip: Optional[float] = None,
+    max_steps: Optional[int] = None,
+    desc: str = "train",
+    should_stop: Callable[[], bool] = lambda: False,
+) -> dict[str, float]:
+    """Returns mean loss, gradient-norm mean and max, steps done. A NaN/Inf loss raises TrainingDiverged
+    before the optimiser step, so the weights stay those of the last good step.
+
+    Batches are copied to the device in the runtime's memory format (channels_last on CUDA), matching
+    the model that `Runtime.place` converted. The finite-loss check reads the loss on the host, one device sync per step; the gradient norm
+    stays on the device until the epoch ends so it adds none."""
+    model.train()
+    total_loss, steps, norms = 0.0, 0, []
+    total = len(loader) if max_steps is None else min(len(loader), max_steps)
+    bar = tqdm(loader, total=total, desc=desc, leave=False, dynamic_ncols=True, disable=None)
+    for images, targets in bar:
+        images = runtime.to_device(images)
+        targets = targets.to(runtime.device, non_blocking=True)
+        with runtime.autocast():
+            logits = model(images)
+            loss = loss_fn(logits.float(), targets)
+        # The one host sync per step: the finite check has to come before the optimiser step.
+        loss_value = loss.item()
+        if not math.isfinite(loss_value):
+            raise TrainingDiverged(f"loss is {loss_value} at step {steps + 1} of {desc}")
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
+        else:
+            loss.backward()
+        # With max_norm=inf this only measures the norm, which the monitors report every epoch.
+        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=grad_clip or math.inf)
+        if scaler is not None:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+        total_loss += loss_value
+        norms.append(norm.detach())
+        steps += 1
+        bar.set_postfix(loss=f"{total_loss / steps:.4f}")
+        if steps >= total or should_stop():
+            break
+    bar.close()
+    finite = [n for n in (torch.stack(norms).float().tolist() if norms else []) if math.isfinite(n)]
+    return {
+        "loss": total_loss / max(steps, 1),
+        "grad_norm_mean": sum(finite) / len(finite) if finite else math.nan,
+        "grad_norm_max": max(finite) if finite else math.nan,
+        "steps": steps,
+    }

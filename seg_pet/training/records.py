@@ -1,0 +1,69 @@
+"""What one epoch produced (`EpochRecord`) and where it goes: metrics.jsonl, metrics.csv, the console, curves.png."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from seg_pet.runtime.fileio import atomic_write, to_jsonable
+from seg_pet.viz import plot_curves
+
+
+@dataclass
+class EpochRecord:
+    """One epoch's numbers. Stored as a plain dict (`row`) in metrics.jsonl and in checkpoints' history."""
+
+    epoch: int
+    train_loss: float
+    val_loss: float
+    val_miou: float
+    val_iou: dict[str, float]
+    val_pixel_acc: float
+    pred_share: dict[str, float]
+    grad_norm_mean: float
+    grad_norm_max: float
+    lr: float
+    seconds: float
+    warnings: list[str] = field(default_factory=list)
+
+    def row(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def write_epoch_outputs(run_dir: Path, rows: list[dict[str, Any]], names: list[str]) -> None:
+    """Every per-epoch file, rewritten from the whole history: metrics.jsonl, metrics.csv, plots/curves.png."""
+    write_history(run_dir, rows, names)
+    plot_curves(rows, names, run_dir / "plots" / "curves.png")
+
+
+def write_history(run_dir: Path, rows: list[dict[str, Any]], names: list[str]) -> None:
+    """metrics.jsonl (one JSON object per epoch) and metrics.csv (flat columns), rewritten atomically."""
+    with atomic_write(run_dir / "metrics.jsonl") as f:
+        for row in rows:
+            f.write(json.dumps(to_jsonable(row), allow_nan=False) + "\n")
+    flat_keys = ["epoch", "train_loss", "val_loss", "val_miou", "val_pixel_acc"]
+    flat_keys += [f"val_iou_{n}" for n in names] + [f"pred_share_{n}" for n in names]
+    flat_keys += ["grad_norm_mean", "grad_norm_max", "lr", "seconds", "warnings"]
+    with atomic_write(run_dir / "metrics.csv", "w") as f:
+        writer = csv.DictWriter(f, fieldnames=flat_keys, lineterminator="\n")
+        writer.writeheader()
+        for row in rows:
+            flat = {k: row.get(k) for k in flat_keys}
+            for n in names:
+                flat[f"val_iou_{n}"] = row["val_iou"].get(n)
+                flat[f"pred_share_{n}"] = row.get("pred_share", {}).get(n)
+            flat["warnings"] = " | ".join(row.get("warnings", []))
+            writer.writerow(flat)
+
+
+def console_line(row: dict[str, Any], epochs: int) -> str:
+    ious = " ".join(f"{n} {v:.3f}" if v is not None and not math.isnan(v) else f"{n} n/a" for n, v in row["val_iou"].items())
+    return (
+        f"epoch {row['epoch']:>3}/{epochs}  train_loss {row['train_loss']:.4f}  val_loss {row['val_loss']:.4f}  "
+        f"val_mIoU {row['val_miou']:.4f} [{ious}]  acc {row['val_pixel_acc']:.3f}  lr {row['lr']:.2e}  {row['seconds']:.1f}s"
+    )

@@ -1,0 +1,146 @@
+"""What training holds between steps, and how it goes into and out of a checkpoint.
+
+`Setup` is built once per process from the config (model, loss, optimiser, schedule, batch
+plan); `Progress` is what the epochs have produced so far. `checkpoint_state` and `restore` are
+exact inverses, which is what makes `--resume` continue bit-for-bit (RNG states included).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import torch
+from torch import nn
+
+from seg_pet.checkpoint import load_checkpoint, load_model_weights
+from seg_pet.config import Config, config_to_dict, dump_config
+from seg_pet.data.loaders import count_pixels, resolve_num_workers
+from seg_pet.data.oxford import PetSegmentation
+from seg_pet.losses import build_loss, compute_class_weights, needs_class_weights
+from seg_pet.models import build_model
+from seg_pet.runtime.device import Runtime
+from seg_pet.runtime.errors import CheckpointError, SegPetError
+from seg_pet.runtime.fileio import atomic_write, remove_partial_files
+from seg_pet.runtime.seeding import rng_state, set_rng_state
+from seg_pet.training.optim import build_optimizer, build_scheduler
+from seg_pet.training.rundir import repair_best_checkpoint
+
+
+@dataclass
+class Setup:
+    model: nn.Module  # the weights that are saved
+    step_model: nn.Module  # what the steps call: the model, or torch.compile of it
+    loss_fn: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Optional[torch.optim.lr_scheduler.LRScheduler]
+    scaler: Optional[torch.amp.GradScaler]
+    batch_size: int
+    steps_per_epoch: int
+    workers: int
+    pixel_counts: Optional[list[int]] = None
+    class_weights: Optional[list[float]] = None
+
+
+@dataclass
+class Progress:
+    start_epoch: int = 1
+    best_miou: float = -math.inf
+    best_epoch: int = 0
+    rows: list[dict[str, Any]] = field(default_factory=list)
+
+
+def load_resume_state(run_dir: Path, cfg: Config, stop_after_epoch: Optional[int]) -> dict[str, Any]:
+    """checkpoints/last.pt of the run being resumed, checked against the config before anything is built."""
+    last = run_dir / "checkpoints" / "last.pt"
+    if not last.is_file():
+        raise CheckpointError(f"--resume {run_dir}: no checkpoints/last.pt to resume from")
+    state = load_checkpoint(last)
+    if stop_after_epoch is not None and stop_after_epoch <= state["epoch"]:
+        raise SegPetError(f"--stop-after-epoch {stop_after_epoch}: {run_dir} has already finished epoch {state['epoch']}")
+    saved_optim = state["config"].get("optim", {}).get("name")
+    if saved_optim != cfg.optim.name:
+        raise CheckpointError(f"{last} holds {saved_optim} optimiser state, the config asks for optim.name={cfg.optim.name!r}")
+    return state
+
+
+def build_setup(cfg: Config, names: list[str], runtime: Runtime, train_set: PetSegmentation, resume_state: Optional[dict[str, Any]],
+                log: Callable[[str], None]) -> Setup:
+    """Class weights, model, loss, optimiser and schedule, in the order that fixes the RNG stream."""
+    pixel_counts = weights = None
+    if needs_class_weights(cfg.loss):
+        if resume_state is not None and resume_state.get("class_weights") is not None:
+            pixel_counts, weights = resume_state["pixel_counts"], resume_state["class_weights"]
+        else:
+            pixel_counts = count_pixels(train_set, len(names))
+            weights = compute_class_weights(cfg.loss.get("class_weights"), pixel_counts)
+        log("class weights (from training-split pixel counts): " + ", ".join(f"{n} {w:.3f} ({c} px)" for n, w, c in zip(names, weights, pixel_counts)))
+    model = runtime.place(build_model(cfg.model, len(names)))
+    loss_fn = build_loss(cfg.loss, names, weights).to(runtime.device)  # class weights are buffers: follow the logits
+    o = cfg.optim
+    optimizer = build_optimizer(o.name, model.parameters(), lr=o.lr, weight_decay=o.weight_decay, momentum=o.momentum)
+    batch_size = min(cfg.data.batch_size, len(train_set))
+    steps_per_epoch = len(train_set) // batch_size
+    if cfg.train.max_steps_per_epoch:
+        steps_per_epoch = min(steps_per_epoch, cfg.train.max_steps_per_epoch)
+    return Setup(
+        model=model,
+        step_model=torch.compile(model) if cfg.train.compile else model,
+        loss_fn=loss_fn,
+        optimizer=optimizer,
+        scheduler=build_scheduler(o.scheduler, optimizer, steps_per_epoch * o.epochs),
+        scaler=runtime.grad_scaler(),
+        batch_size=batch_size,
+        steps_per_epoch=steps_per_epoch,
+        workers=resolve_num_workers(cfg.data.num_workers),
+        pixel_counts=pixel_counts,
+        class_weights=weights,
+    )
+
+
+def checkpoint_state(setup: Setup, progress: Progress, cfg: Config, names: list[str], epoch: int) -> dict[str, Any]:
+    rows = progress.rows
+    return {
+        "model": setup.model.state_dict(),
+        "optimizer": setup.optimizer.state_dict(),
+        "scheduler": setup.scheduler.state_dict() if setup.scheduler is not None else None,
+        "scaler": setup.scaler.state_dict() if setup.scaler is not None else None,
+        "rng": rng_state(),
+        "config": config_to_dict(cfg),
+        "class_names": names,
+        "epoch": epoch,
+        "best_miou": progress.best_miou,
+        "best_epoch": progress.best_epoch,
+        "history": rows,
+        "metrics": rows[-1] if rows else {},
+        "pixel_counts": setup.pixel_counts,
+        "class_weights": setup.class_weights,
+    }
+
+
+def restore(setup: Setup, state: dict[str, Any], cfg: Config, names: list[str], run_dir: Path, log: Callable[[str], None]) -> Progress:
+    """The inverse of checkpoint_state: weights, optimiser, schedule, RNG, history; then tidy the run folder."""
+    last = run_dir / "checkpoints" / "last.pt"
+    load_model_weights(setup.model, state, last, names, config_to_dict(cfg)["model"])
+    try:
+        setup.optimizer.load_state_dict(state["optimizer"])
+        if setup.scheduler is not None and state.get("scheduler"):
+            setup.scheduler.load_state_dict(state["scheduler"])
+        if setup.scaler is not None and state.get("scaler"):
+            setup.scaler.load_state_dict(state["scaler"])
+    except (ValueError, KeyError, RuntimeError, TypeError) as exc:
+        raise CheckpointError(f"{last}: the optimiser/scheduler state does not fit the config ({str(exc).splitlines()[0]}); "
+                              "was an optim.* key changed since the run started?") from None
+    set_rng_state(state["rng"])
+    progress = Progress(state["epoch"] + 1, state["best_miou"], state["best_epoch"], list(state["history"]))
+    # Leftovers of a killed process: temporary files of unfinished writes, a best.pt one step behind.
+    remove_partial_files(run_dir)
+    if repair_best_checkpoint(run_dir, state):
+        log(f"best.pt rewritten from last.pt (epoch {state['epoch']}): the previous process stopped between the two writes")
+    if (run_dir / "config.yaml").read_text() != dump_config(cfg):  # --set on resume, or the folder was moved
+        with atomic_write(run_dir / "config.yaml") as f:
+            f.write(dump_config(cfg))
+    log(f"resuming {run_dir} after epoch {state['epoch']} (best val mIoU {progress.best_miou:.4f} at epoch {progress.best_epoch})")
+    return progress

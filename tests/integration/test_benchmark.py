@@ -1,0 +1,84 @@
+"""scripts/benchmark.py runs on CPU in tiny settings and writes the documented JSON."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import REPO
+
+
+def _load_script(name: str):
+    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up while the script is executed
+    spec.loader.exec_module(module)
+    return module
+
+
+def _run(tmp_path: Path, *extra: str) -> dict:
+    benchmark = _load_script("benchmark")
+    out = tmp_path / "bench.json"
+    threads = torch.get_num_threads()
+    try:
+        code = benchmark.main([
+            "--device", "cpu", "--synthetic", "16", "--data-root", str(tmp_path / "data"), "--image-size", "32",
+            "--batch-size", "2", "--steps", "2", "--warmup", "1", "--workers", "0", "--threads", "1", "--out", str(out), *extra,
+        ])
+    finally:
+        torch.set_num_threads(threads)  # --threads is process-wide
+    assert code == 0
+    return json.loads(out.read_text())
+
+
+@pytest.mark.parametrize("cache", ["memory", "device"])
+def test_benchmark_cpu_tiny_writes_json(tmp_path: Path, capsys, cache: str) -> None:
+    report = _run(tmp_path, "--cache", cache)
+    assert set(report) == {"settings", "results", "derived", "cache", "memory"}
+    phases = {"ceiling", "engine_resident", "data_none", "train_none", "eval_none", f"data_{cache}", f"train_{cache}", f"eval_{cache}"}
+    assert set(report["results"]) == phases
+    for name, result in report["results"].items():
+        assert result["images_per_s"] > 0 and math.isfinite(result["ratio_to_ceiling"]), name
+        if name.startswith(("data_", "train_", "eval_")):
+            assert "epoch_start_s" in result
+    assert report["results"]["ceiling"]["ratio_to_ceiling"] == 1.0
+    s = report["settings"]
+    for key in ("device", "torch", "smp", "usable_cpus", "image_size", "batch_size", "workers", "amp", "channels_last", "compile", "command"):
+        assert key in s, key
+    assert (s["device"], s["image_size"], s["batch_size"], s["encoder"], s["amp"], s["channels_last"]) == ("cpu", 32, 2, "resnet18", None, False)
+    assert {f"data_over_train_step_{cache}", "data_over_ceiling_none", f"eval_over_train_{cache}"} <= set(report["derived"])
+    assert report["cache"]["mode"] == cache and report["cache"]["size_mib"] > 0 and report["memory"]["peak_rss_mib"] > 0
+    assert "ceiling" in capsys.readouterr().out  # the table is printed
+
+
+def test_naive_baseline_is_timed_in_the_same_run(tmp_path: Path) -> None:
+    """--naive-baseline: torchvision's OxfordIIITPet + v2 transforms feeding an fp32 step, beside the other phases."""
+    report = _run(tmp_path, "--cache", "none", "--naive-baseline", "--naive-workers", "0", "--channels-last")
+    assert set(report["results"]) == {"ceiling", "engine_resident", "data_none", "train_none", "eval_none", "naive_fp32"}
+    naive = report["results"]["naive_fp32"]
+    assert naive["images_per_s"] > 0 and math.isfinite(naive["ratio_to_ceiling"])
+    assert report["derived"]["train_over_naive_none"] > 0
+    s = report["settings"]
+    assert s["channels_last"] is True  # --channels-last overrides the CPU default
+    assert s["naive_baseline"]["workers"] == 0 and s["naive_baseline"]["amp"] is None
+
+
+def test_ceiling_only_reads_no_data(tmp_path: Path) -> None:
+    report = _run(tmp_path, "--ceiling-only")
+    assert set(report["results"]) == {"ceiling", "engine_resident"}
+    assert report["derived"] == {} and report["cache"] == {}
+    assert report["settings"]["train_images"] is None and not (tmp_path / "data").exists()
+
+
+def test_cuda_requested_without_cuda_is_one_line(tmp_path: Path, capsys, monkeypatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    benchmark = _load_script("benchmark")
+    assert benchmark.main(["--device", "cuda", "--data-root", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "CUDA is not available" in err

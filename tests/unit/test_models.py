@@ -1,0 +1,57 @@
+"""Model factory: logits out, local encoder weights, clear errors offline."""
+
+from __future__ import annotations
+
+import pytest
+import segmentation_models_pytorch as smp
+import torch
+import torchvision
+
+from seg_pet.config import ModelConfig
+from seg_pet.runtime.errors import CheckpointError, ConfigError
+from seg_pet.models import build_model
+
+
+def test_outputs_are_logits_of_the_right_shape():
+    model = build_model(ModelConfig(encoder="resnet18", encoder_weights=None), num_classes=3).eval()
+    with torch.no_grad():
+        out = model(torch.randn(2, 3, 64, 64))
+    assert out.shape == (2, 3, 64, 64)
+    # logits, not probabilities: no softmax at the end of the model
+    assert not torch.allclose(out.sum(1), torch.ones(2, 64, 64), atol=1e-3)
+
+
+def test_local_torchvision_weights_file_loads_into_the_encoder(tmp_path):
+    reference = torchvision.models.resnet18(weights=None)
+    torch.nn.init.normal_(reference.conv1.weight)
+    path = tmp_path / "resnet18.pth"
+    torch.save(reference.state_dict(), path)  # includes fc.* keys, as torchvision's files do
+    model = build_model(ModelConfig(encoder="resnet18", encoder_weights=str(path)), num_classes=3)
+    assert torch.equal(model.encoder.conv1.weight, reference.conv1.weight)
+    assert torch.equal(model.encoder.layer4[1].bn2.running_var, reference.layer4[1].bn2.running_var)
+
+
+def test_weights_for_another_encoder_are_refused(tmp_path):
+    path = tmp_path / "resnet34.pth"
+    torch.save(torchvision.models.resnet34(weights=None).state_dict(), path)
+    with pytest.raises(CheckpointError, match="does not fit encoder"):
+        build_model(ModelConfig(encoder="resnet18", encoder_weights=str(path)), num_classes=3)
+
+
+def test_missing_local_weights_file(tmp_path):
+    with pytest.raises(ConfigError, match="model.encoder_weights: file not found"):
+        build_model(ModelConfig(encoder="resnet18", encoder_weights=str(tmp_path / "nope.pth")), num_classes=3)
+
+
+def test_failed_download_suggests_null_or_a_local_file(monkeypatch):
+    def offline(*args, **kwargs):
+        raise OSError("Name or service not known")
+
+    monkeypatch.setattr(smp, "create_model", offline)
+    with pytest.raises(ConfigError, match="could not download 'imagenet'.*encoder_weights: null.*local weights file"):
+        build_model(ModelConfig(encoder="resnet34", encoder_weights="imagenet"), num_classes=3)
+
+
+def test_unknown_encoder_is_a_config_error():
+    with pytest.raises(ConfigError, match="model"):
+        build_model(ModelConfig(encoder="resnet9000", encoder_weights=None), num_classes=3)

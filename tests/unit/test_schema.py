@@ -1,0 +1,77 @@
+"""The config schema is the one owner of every key: its reference page, its allowed values and its checks."""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+
+import pytest
+import segmentation_models_pytorch as smp
+
+from seg_pet.config import Config, load_config
+from seg_pet.config.reference import render
+from seg_pet.config.schema import ARCHITECTURES, LOSS_OPTIONS
+from seg_pet.data.sources import DATASETS
+from seg_pet.losses.weights import SCHEMES
+from seg_pet.runtime.errors import ConfigError
+from seg_pet.training.optim import OPTIMIZERS, SCHEDULES
+from tests.conftest import REPO
+
+
+def choices(cls: type, key: str) -> tuple:
+    return next(f for f in dataclasses.fields(cls) if f.name == key).metadata["choices"]
+
+
+def test_docs_config_reference_is_generated_from_the_schema() -> None:
+    page = REPO / "docs" / "configuration.md"
+    assert page.read_text() == render(), "docs/configuration.md is stale: python -m seg_pet.config.reference > docs/configuration.md"
+
+
+def test_reference_lists_every_key_with_its_default() -> None:
+    page = render()
+    for section in dataclasses.fields(Config):
+        for f in dataclasses.fields(section.default_factory):
+            if f.name != "options":
+                assert f"`{section.name}.{f.name}`" in page
+    for options in LOSS_OPTIONS.values():
+        for f in dataclasses.fields(options):
+            assert f"`loss.{f.name}`" in page
+    assert "| `optim.lr` | float | `0.001` | > 0 and <= 10 |" in page
+
+
+def test_allowed_names_in_the_schema_match_the_builders() -> None:
+    schema = {f.name: f.default_factory for f in dataclasses.fields(Config)}
+    assert set(choices(schema["optim"], "name")) == set(OPTIMIZERS)
+    assert set(choices(schema["optim"], "scheduler")) == set(SCHEDULES)
+    assert set(choices(schema["data"], "source")) == set(DATASETS)
+    assert set(choices(schema["loss"], "name")) == set(LOSS_OPTIONS)
+    assert set(ARCHITECTURES) == set(smp.MODEL_ARCHITECTURES_MAPPING)
+    from seg_pet.config.schema import CLASS_WEIGHT_SCHEMES
+
+    assert set(CLASS_WEIGHT_SCHEMES) == set(SCHEMES)
+
+
+def numeric_keys() -> list[tuple[str, type]]:
+    keys = []
+    for section in dataclasses.fields(Config):
+        if section.name == "loss":
+            continue
+        hints = typing.get_type_hints(section.default_factory)
+        for f in dataclasses.fields(section.default_factory):
+            args = typing.get_args(hints[f.name]) or (hints[f.name],)
+            if float in args:
+                keys.append(f"{section.name}.{f.name}")
+    return keys
+
+
+@pytest.mark.parametrize("key", numeric_keys())
+@pytest.mark.parametrize("value", [".nan", ".inf", "-.inf"])
+def test_every_float_key_refuses_non_finite_values(key: str, value: str) -> None:
+    with pytest.raises(ConfigError, match=rf"^{key}: must be a finite number"):
+        load_config(None, [f"{key}={value}"])
+
+
+@pytest.mark.parametrize("option", ["label_smoothing", "dice_weight"])
+def test_loss_options_refuse_non_finite_values(option: str) -> None:
+    with pytest.raises(ConfigError, match=rf"^loss\.{option}: must be a finite number"):
+        load_config(None, ["loss.name=ce_dice", f"loss.{option}=.nan"])
