@@ -7,7 +7,7 @@ from pathlib import Path
 
 from seg_pet.cli.common import add_overrides
 from seg_pet.config import load_config
-from seg_pet.doctor import run_doctor
+from seg_pet.doctor.run import run_doctor
 
 HELP = "check data, model and loss wiring for the classic failure modes"
 

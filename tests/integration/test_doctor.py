@@ -10,13 +10,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import seg_pet.doctor as diagnostics
+import seg_pet.doctor.run as diagnostics
 import seg_pet.training.train as train_module
 from seg_pet.checkpoint import load_checkpoint
 from seg_pet.cli import main
 from seg_pet.config import load_config
 from seg_pet.data.sources import build_datasets
-from seg_pet.doctor import (
+from seg_pet.doctor.checks import (
     FAIL,
     PASS,
     WARN,

@@ -1,4 +1,4 @@
-"""The `doctor` command: checks of the data, model and loss wiring before any real training.
+"""The doctor's checks: each a small function returning a `CheckResult`.
 
 `doctor` (run_doctor) looks at the pipeline before any real training: masks and images as
 they reach the loss and the model, class balance, the trivial majority-class baseline,
@@ -13,27 +13,19 @@ from __future__ import annotations
 
 import copy
 import math
-import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable, Iterable, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from seg_pet.labels import IGNORE_INDEX, class_names
-from seg_pet.data.loaders import count_pixels, make_loader, resolve_num_workers
-from seg_pet.data.sources import build_datasets
 from seg_pet.data.transforms import eval_transforms
-from seg_pet.losses import build_loss, compute_class_weights, needs_class_weights
+from seg_pet.labels import IGNORE_INDEX
+from seg_pet.losses import compute_class_weights
 from seg_pet.losses.weights import SCHEMES
 from seg_pet.metrics import ConfusionMatrix, batch_metrics, compute_metrics
-from seg_pet.models import build_model
-from seg_pet.runtime.device import resolve_device
-from seg_pet.runtime.seeding import epoch_seed
 from seg_pet.training.monitors import HIGH_ACC
-from seg_pet.viz import plot_class_balance
 
 # --- doctor thresholds and the overfit-one-batch setup
 IMBALANCE_WARN = 10.0  # largest : smallest class pixel ratio above which the doctor warns
@@ -360,93 +352,3 @@ def overfit_batch(dataset: Any, size: int = OVERFIT_SIZE, count: int = OVERFIT_I
     small.transforms = eval_transforms(size)
     batch = [small[i] for i in range(min(count, len(small)))]
     return torch.stack([b[0] for b in batch]), torch.stack([b[1] for b in batch])
-
-
-# --------------------------------------------------------------------------- the doctor command
-
-
-def _guarded(name: str, fn: Callable[[], CheckResult]) -> CheckResult:
-    """Run one check; a crash is that check's FAIL (with the error), not the end of the report."""
-    try:
-        return fn()
-    except Exception as exc:  # the report must go on: a crash is itself the diagnosis
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        return CheckResult(name, FAIL, f"crashed: {type(exc).__name__}: {first}", "fix the error above; the remaining checks still ran")
-
-
-def run_doctor(cfg: Any, *, out: Optional[Path] = None, log: Callable[[str], None] = print) -> int:
-    """Run every check on the configured data, model and loss; print the report. Returns 1 if any check FAILs, else 0.
-
-    Writes nothing unless `out` is given (then only a class-balance bar chart there).
-    """
-    device = resolve_device(cfg.train.device)
-    threads = torch.get_num_threads()
-    # The doctor's tensors are small: on CPU one intra-op thread is fast enough and, on a machine whose
-    # cores are shared, avoids OpenMP threads fighting for them (measured: 144 s with 2 threads, 10 s with 1).
-    if device.type == "cpu":
-        torch.set_num_threads(1)
-    try:
-        return _doctor(cfg, device, out, log)
-    finally:
-        torch.set_num_threads(threads)
-
-
-def _doctor(cfg: Any, device: torch.device, out: Optional[Path], log: Callable[[str], None]) -> int:
-    started = time.perf_counter()
-    names = class_names(cfg.data.border)
-    num_classes = len(names)
-    datasets = build_datasets(cfg)  # a missing dataset is a one-line DataError (exit 2), not a check
-    train_set, val_set = datasets["train"], datasets["val"]
-    log(f"seg_pet doctor: {len(train_set)} train / {len(val_set)} val images from {cfg.data.root} ({cfg.data.source}), "
-        f"classes {names}, {cfg.model.arch}/{cfg.model.encoder}, loss {cfg.loss.name}, image_size {cfg.data.image_size}, "
-        f"device {device}{' (1 thread)' if device.type == 'cpu' else ''}")
-    results: list[CheckResult] = []
-
-    def record(result: CheckResult) -> None:
-        results.append(result)
-        log(format_result(result))
-
-    # A batch exactly as `train` builds it: same loader, same epoch-1 seed, same transforms.
-    workers = resolve_num_workers(cfg.data.num_workers)
-    batch_size = min(cfg.data.batch_size, len(train_set))
-    loader = make_loader(train_set, batch_size, shuffle=True, num_workers=workers, seed=epoch_seed(cfg.run.seed, 1), drop_last=True)
-    images, targets = next(iter(loader))
-    record(_guarded("masks", lambda: check_masks(targets, num_classes)))
-    record(_guarded("images", lambda: check_images(images)))
-
-    pixel_counts = count_pixels(train_set, num_classes)
-    record(_guarded("class balance", lambda: check_class_balance(pixel_counts, names)))
-    if out is not None:
-        plot_class_balance(pixel_counts, names, Path(out) / "class_balance.png", title="training split pixel shares")
-        log(f"{'':20}bar chart: {Path(out) / 'class_balance.png'}")
-
-    # The majority class comes from the training split: choosing it on val would peek.
-    majority = max(range(num_classes), key=lambda i: pixel_counts[i])
-    val_loader = make_loader(val_set, batch_size, shuffle=False, num_workers=workers)
-    where = f"val ({len(val_set)} images at {cfg.data.image_size} px)"
-    record(_guarded("baseline", lambda: check_baseline(majority_baseline((t for _, t in val_loader), majority, names), names[majority], where)))
-
-    weights = None
-    if needs_class_weights(cfg.loss) and sum(pixel_counts) > 0:
-        weights = compute_class_weights(cfg.loss.get("class_weights"), pixel_counts)
-    loss_fn = build_loss(cfg.loss, names, weights).to(device)  # class weights live in a buffer: move them with the loss
-    torch.manual_seed(cfg.run.seed)
-    model = build_model(cfg.model, num_classes).to(device)
-    with torch.no_grad():
-        model.train()  # as in the first training step
-        logits = model(images.to(device)).float().cpu()
-    record(_guarded("model output", lambda: check_output(logits, num_classes, tuple(images.shape[-2:]))))
-    record(_guarded("initial loss", lambda: check_initial_loss(logits, targets, num_classes)))
-    smoothing = float(cfg.loss.get("label_smoothing", 0.0))
-    record(_guarded("loss floor", lambda: check_loss_floor(loss_fn, targets.to(device), num_classes, smoothing)))
-
-    size = min(OVERFIT_SIZE, cfg.data.image_size)
-    x, y = overfit_batch(train_set, size, OVERFIT_IMAGES)
-    note = f", on {len(x)} train images at {size}x{size} px (the doctor's own size, for speed)"
-    floor = smoothing_floor(smoothing, num_classes) if cfg.loss.name in ("ce", "wce", "ce_dice") else 0.0
-    record(_guarded("overfit batch", lambda: check_overfit(model, x.to(device), y.to(device), loss_fn, num_classes,
-                                                           steps=OVERFIT_STEPS, floor=floor, note=note)))
-
-    counts = {s: sum(r.status == s for r in results) for s in (PASS, WARN, FAIL)}
-    log(f"\n{counts[PASS]} PASS, {counts[WARN]} WARN, {counts[FAIL]} FAIL in {time.perf_counter() - started:.1f} s")
-    return 1 if counts[FAIL] else 0
