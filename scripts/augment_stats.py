@@ -54,7 +54,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         steps = train_transforms(args.image_size).transforms
         per_image = v2.Compose([t for t in steps if jitter or not isinstance(t, v2.ColorJitter)])
         torch.manual_seed(args.seed)
-        pairs = [per_image(tv_tensors.Image(i), tv_tensors.Mask(l)) for _ in range(args.repeats) for i, l in zip(images, labels)]
+        pairs = [per_image(tv_tensors.Image(i), tv_tensors.Mask(m)) for _ in range(args.repeats) for i, m in zip(images, labels)]
         a = summary(torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs]).long(), len(names))
         torch.manual_seed(args.seed)
         batches = [BatchAugment(args.image_size, jitter=jitter)(images, labels) for _ in range(args.repeats)]

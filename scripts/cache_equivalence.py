@@ -56,7 +56,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                 f"model.encoder={args.encoder}", "model.encoder_weights=null",
                 f"optim.epochs={args.epochs}", "optim.lr=0.003", f"train.device={args.device}", "train.overlays=0",
             ])
-            test = train(cfg, overwrite=True, log=lambda line: print(f"[{name}] {line}", flush=True))
+            test = train(cfg, overwrite=True, log=lambda line, name=name: print(f"[{name}] {line}", flush=True))
             rows = [json.loads(line) for line in (cfg.run_dir / "metrics.jsonl").read_text().splitlines()]
             runs.append({
                 "seed": seed, "cache": cache,

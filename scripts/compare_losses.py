@@ -16,7 +16,6 @@ import csv
 import math
 import platform
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -59,7 +58,6 @@ def main() -> None:
             f"train.device={args.device}", "train.overlays=2",
         ]
         cfg = load_config(None, overrides)
-        started = time.perf_counter()
         finished = (cfg.run_dir / "test_metrics.json").is_file()
         if finished and args.reuse and yaml.safe_load((cfg.run_dir / "config.yaml").read_text()) == config_to_dict(cfg):
             print(f"{name:>11}: reusing the finished run in {cfg.run_dir}", flush=True)

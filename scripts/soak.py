@@ -56,7 +56,7 @@ def overrides(args: argparse.Namespace, out: Path, name: str, workers: int) -> l
 class Proc:
     """A `python -m seg_pet` child with stdout/stderr in files (so a kill never blocks on a pipe)."""
 
-    live: list["Proc"] = []  # killed when the soak itself is stopped, so no orphan writes on
+    live: list[Proc] = []  # killed when the soak itself is stopped, so no orphan writes on
 
     def __init__(self, argv: list[str], logs: Path, tag: str):
         env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}

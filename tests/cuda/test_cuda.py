@@ -11,7 +11,12 @@ this file collects and skips cleanly on CPU-only machines and in CI. Tolerances,
                  (the same uint8 -> float -> normalise steps, on another device).
   evaluation     the same checkpoint evaluated on CUDA and on CPU: in fp32 (cuDNN may use TF32)
                  at most 0.5 % of pixels predicted differently and mIoU within 0.005; with bf16
-                 autocast at most 2 % and 0.02. The pixel counts are identical.
+                 autocast at most 5 % and 0.02 (bf16 keeps 8 bits of mantissa: on CPU, bf16 autocast
+                 against fp32 changed 1.4 % of this test's pixels and mIoU by 0.002). The pixel counts
+                 are identical.
+  resume         weights and optimiser state bit for bit; per-epoch metrics to 1e-6 (CUDA's
+                 cross-entropy forward sums its blocks with atomics, so a logged loss may differ in
+                 its last bits even with deterministic algorithms; the gradients do not).
 """
 
 from __future__ import annotations
@@ -58,7 +63,7 @@ ATOL_AUGMENT = 1e-3
 ATOL_BATCHES = 1e-6
 EVAL_TOLERANCE = {  # amp -> (share of pixels predicted differently, |mIoU difference|)
     False: (0.005, 0.005),
-    True: (0.02, 0.02),
+    True: (0.05, 0.02),
 }
 
 
@@ -108,6 +113,22 @@ def _train_argv(tmp_path: Path, out: Path, name: str, data_root: Path, **extra) 
 
 def _rows(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def _assert_close(a, b, path: str = "rows") -> None:
+    """Equal structure; numbers equal to 1e-6 (None == None: NaN is written as null)."""
+    if isinstance(a, dict):
+        assert a.keys() == b.keys(), path
+        for key in a:
+            _assert_close(a[key], b[key], f"{path}.{key}")
+    elif isinstance(a, list):
+        assert len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b)):
+            _assert_close(x, y, f"{path}[{i}]")
+    elif isinstance(a, float) or isinstance(b, float):
+        assert a == pytest.approx(b, abs=1e-6, rel=0), path
+    else:
+        assert a == b, path
 
 
 # --------------------------------------------------------------------------- data on the device
@@ -240,7 +261,7 @@ def test_compiled_model_trains_one_epoch(tmp_path, data_root, capsys):
 
 @pytest.mark.parametrize("cache", ["none", "device"])
 def test_deterministic_resume_on_cuda_reproduces_an_uninterrupted_run(tmp_path, data_root, capsys, cache):
-    """train.deterministic: true: 4 epochs straight equal 2 + --resume + 2, metrics and weights bit for bit."""
+    """train.deterministic: true: 4 epochs straight equal 2 + --resume + 2: weights bit for bit, metrics to 1e-6."""
     from seg_pet.cli import main
 
     out = tmp_path / "out"
@@ -254,7 +275,7 @@ def test_deterministic_resume_on_cuda_reproduces_an_uninterrupted_run(tmp_path, 
     a, b = _rows(out / "straight"), _rows(out / "split")
     for row in a + b:
         row.pop("seconds")
-    assert a == b
+    _assert_close(a, b)
     state_a = load_checkpoint(out / "straight" / "checkpoints" / "last.pt")
     state_b = load_checkpoint(out / "split" / "checkpoints" / "last.pt")
     for key in state_a["model"]:

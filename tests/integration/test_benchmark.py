@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import REPO
+from tests.conftest import REPO, SHARED_DATA, requires_pet
 
 
 def _load_script(name: str):
@@ -22,13 +22,14 @@ def _load_script(name: str):
     return module
 
 
-def _run(tmp_path: Path, *extra: str) -> dict:
+def _run(tmp_path: Path, *extra: str, data: tuple[str, ...] = ()) -> dict:
+    """Tiny CPU settings; `data` replaces the default 16-image synthetic dataset."""
     benchmark = _load_script("benchmark")
     out = tmp_path / "bench.json"
     threads = torch.get_num_threads()
     try:
         code = benchmark.main([
-            "--device", "cpu", "--synthetic", "16", "--data-root", str(tmp_path / "data"), "--image-size", "32",
+            "--device", "cpu", *(data or ("--synthetic", "16", "--data-root", str(tmp_path / "data"))), "--image-size", "32",
             "--batch-size", "2", "--steps", "2", "--warmup", "1", "--workers", "0", "--threads", "1", "--out", str(out), *extra,
         ])
     finally:
@@ -57,9 +58,16 @@ def test_benchmark_cpu_tiny_writes_json(tmp_path: Path, capsys, cache: str) -> N
     assert "ceiling" in capsys.readouterr().out  # the table is printed
 
 
-def test_naive_baseline_is_timed_in_the_same_run(tmp_path: Path) -> None:
-    """--naive-baseline: torchvision's OxfordIIITPet + v2 transforms feeding an fp32 step, beside the other phases."""
-    report = _run(tmp_path, "--cache", "none", "--naive-baseline", "--naive-workers", "0", "--channels-last")
+@requires_pet
+def test_naive_baseline_on_the_bench_set_is_timed_in_the_same_run(tmp_path: Path) -> None:
+    """--naive-baseline: torchvision's OxfordIIITPet + v2 transforms feeding an fp32 step, beside the other phases.
+
+    The data is scripts/make_bench_data.py's output (here at small counts), read as data.root like any dataset."""
+    bench_root = tmp_path / "bench"
+    assert _load_script("make_bench_data").main(["--from", str(SHARED_DATA), "--out", str(bench_root), "--trainval", "24", "--test", "8"]) == 0
+    report = _run(tmp_path, "--cache", "none", "--naive-baseline", "--naive-workers", "0", "--channels-last", data=("--data-root", str(bench_root)))
+    assert (report["settings"]["data_root"], report["settings"]["data_source"]) == (str(bench_root), "oxford")
+    assert report["settings"]["train_images"] + report["settings"]["val_images"] == 24
     assert set(report["results"]) == {"ceiling", "engine_resident", "data_none", "train_none", "eval_none", "naive_fp32"}
     naive = report["results"]["naive_fp32"]
     assert naive["images_per_s"] > 0 and math.isfinite(naive["ratio_to_ceiling"])
