@@ -18,7 +18,8 @@ selection) always runs without TTA.
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, ContextManager, Optional
+from collections.abc import Callable
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -49,7 +50,7 @@ def tta_logits(
     model: nn.Module,
     images: torch.Tensor,
     mode: str = "none",
-    autocast: Optional[Callable[[], ContextManager]] = None,
+    autocast: Optional[Callable[[], contextlib.AbstractContextManager]] = None,
 ) -> torch.Tensor:
     """Float32 logits (B, C, H, W) of normalised images (B, 3, H, W), averaged over the TTA passes.
 

@@ -3,7 +3,8 @@
 Each command is a module here with `add_arguments(parser)` and `run(args) -> int`; `COMMANDS`
 maps the command name to it.
 
-Exit codes: 0 success; 1 a `doctor` check failed or training diverged (NaN/Inf loss);
+Exit codes: 0 success; 1 a `doctor` check failed, training diverged (NaN/Inf loss), `predict`
+could not read some images (the rest were predicted), or `export`'s ONNX model disagreed with torch;
 2 bad input (config, flags, data files, checkpoints) with a one-line message;
 130 / 143 interrupted by Ctrl-C / SIGTERM after saving a resumable checkpoint.
 """

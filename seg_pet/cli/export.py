@@ -19,21 +19,45 @@ HELP = "export a trained run to ONNX (+ a JSON sidecar), verified with onnxrunti
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--run", type=Path, required=True, metavar="RUN_DIR")
     p.add_argument("--format", choices=("onnx",), default="onnx")
-    p.add_argument("--out", type=Path, required=True, metavar="MODEL.onnx", help="the model file; the sidecar is written beside it as MODEL.json")
+    p.add_argument(
+        "--out", type=Path, required=True, metavar="MODEL.onnx", help="the model file; the sidecar is written beside it as MODEL.json"
+    )
     p.add_argument("--checkpoint", default="best", help="best | last | path to a checkpoint file (default: best)")
     p.add_argument("--opset", type=positive_int, default=ONNX_OPSET, help=f"ONNX opset (default {ONNX_OPSET})")
-    p.add_argument("--atol", type=float, default=ATOL, help=f"largest allowed |logit difference| onnxruntime vs torch (default {ATOL:g})")
-    p.add_argument("--max-mismatch", type=float, default=MAX_MISMATCH,
-                   help=f"largest allowed share of pixels whose argmax differs (default {MAX_MISMATCH:g})")
-    p.add_argument("--images", nargs="+", default=[], metavar="PATH",
-                   help=f"verification images (default: the first {VERIFY_IMAGES} validation images of the run's data)")
+    p.add_argument(
+        "--atol",
+        type=float,
+        default=ATOL,
+        help=f"largest allowed |logit difference| onnxruntime vs torch, times max(1, largest |logit|) (default {ATOL:g})",
+    )
+    p.add_argument(
+        "--max-mismatch",
+        type=float,
+        default=MAX_MISMATCH,
+        help=f"largest allowed share of pixels whose argmax differs (default {MAX_MISMATCH:g})",
+    )
+    p.add_argument(
+        "--images",
+        nargs="+",
+        default=[],
+        metavar="PATH",
+        help=f"verification images (default: the first {VERIFY_IMAGES} validation images of the run's data)",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace an existing model file and sidecar")
 
 
 def run(args: argparse.Namespace) -> int:
     try:
-        export_onnx(args.run, args.out, checkpoint=args.checkpoint, opset=args.opset, atol=args.atol, max_mismatch=args.max_mismatch,
-                    images=args.images, overwrite=args.overwrite)
+        export_onnx(
+            args.run,
+            args.out,
+            checkpoint=args.checkpoint,
+            opset=args.opset,
+            atol=args.atol,
+            max_mismatch=args.max_mismatch,
+            images=args.images,
+            overwrite=args.overwrite,
+        )
     except VerificationFailed as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -171,9 +171,13 @@ class TrainConfig:
 @dataclass
 class EvalConfig:
     native_resolution: bool = option(False, "score each image at its original size (logits resized back before the argmax)")
-    tta: str = option("none", "test-time augmentation for `evaluate` and the end-of-training test (per-epoch validation never "
-                              "uses it): `none`, `hflip` (mean logits of image and mirror), `hflip+scales` (hflip at 0.75, 1 and "
-                              "1.25 x image_size); see docs/use_your_model.md", choices=("none", "hflip", "hflip+scales"))
+    tta: str = option(
+        "none",
+        "test-time augmentation for `evaluate` and the end-of-training test (per-epoch validation never uses it): `none`, "
+        "`hflip` (mean logits of image and mirror), `hflip+scales` (hflip at 0.75, 1 and 1.25 x image_size); "
+        "see docs/use_your_model.md",
+        choices=("none", "hflip", "hflip+scales"),
+    )
 
 
 @dataclass

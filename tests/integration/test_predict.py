@@ -234,8 +234,21 @@ def test_files_folders_and_globs_with_nested_names(run_dir, tmp_path):
     Image.fromarray(np.full((25, 35, 3), 90, np.uint8)).save(globbed / "a" / "dog.png")
     Image.fromarray(np.full((25, 35, 3), 90, np.uint8)).save(globbed / "a" / "skip.jpg")
     out = tmp_path / "out"
-    code = predict("--run", run_dir, "--input", tmp_path / "photos", extra, f"{globbed}/**/*.png", "--out", out, "--batch-size", "3",
-                   "--device", "cpu", "--overlay")
+    code = predict(
+        "--run",
+        run_dir,
+        "--input",
+        tmp_path / "photos",
+        extra,
+        f"{globbed}/**/*.png",
+        "--out",
+        out,
+        "--batch-size",
+        "3",
+        "--device",
+        "cpu",
+        "--overlay",
+    )
     assert code == 0
     rows = {Path(row["mask"]).with_suffix("").as_posix(): row for row in read_rows(out / "predictions.csv")}
     expected = {f"masks/{key}": size for key, size in sizes.items()}
@@ -289,8 +302,12 @@ def test_a_corrupt_file_fails_alone(run_dir, tmp_path, capsys):
     assert predict("--run", run_dir, "--input", folder, "--out", tmp_path / "out", "--device", "cpu") == 1
     err = capsys.readouterr().err
     rows = {Path(row["path"]).name: row for row in read_rows(tmp_path / "out" / "predictions.csv")}
-    assert {name: row["status"] for name, row in rows.items()} == {"good1.jpg": "ok", "good2.png": "ok", "truncated.jpg": "failed",
-                                                                   "text.png": "failed"}
+    assert {name: row["status"] for name, row in rows.items()} == {
+        "good1.jpg": "ok",
+        "good2.png": "ok",
+        "truncated.jpg": "failed",
+        "text.png": "failed",
+    }
     for name in ("truncated.jpg", "text.png"):
         assert rows[name]["error"] and name in rows[name]["error"]
         lines = [line for line in err.splitlines() if name in line]
@@ -317,8 +334,11 @@ def test_existing_outputs_are_refused_skipped_or_overwritten(run_dir, tmp_path, 
     Image.fromarray(np.full((20, 24, 3), 9, np.uint8)).save(folder / "img2.png")  # a new input
     assert predict(*base, "--skip-existing") == 0
     assert mask.read_bytes() == b"sentinel" and (out / "masks" / "img2.png").is_file()
-    assert {Path(row["path"]).name: row["status"] for row in read_rows(out / "predictions.csv")} == {"img0.png": "ok", "img1.png": "ok",
-                                                                                                     "img2.png": "ok"}
+    assert {Path(row["path"]).name: row["status"] for row in read_rows(out / "predictions.csv")} == {
+        "img0.png": "ok",
+        "img1.png": "ok",
+        "img2.png": "ok",
+    }
     assert predict(*base, "--overwrite") == 0
     assert Image.open(mask).size == (24, 20)
     assert not [p for p in out.rglob("*") if ".partial-" in p.name]
@@ -329,11 +349,13 @@ def test_existing_outputs_are_refused_skipped_or_overwritten(run_dir, tmp_path, 
 def test_bad_run_checkpoint_flag_or_inputs_exit_2_with_one_line(run_dir, tmp_path, capsys, case):
     image = tmp_path / "x.png"
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(image)
-    args = {"no_run": ["--run", tmp_path, "--input", image],
-            "bad_checkpoint": ["--run", run_dir, "--input", image, "--checkpoint", tmp_path / "x.png"],
-            "no_match": ["--run", run_dir, "--input", tmp_path / "missing" / "*.jpg"],
-            "bad_tta": ["--run", run_dir, "--input", image, "--tta", "vflip"],
-            "bad_device": ["--run", run_dir, "--input", image, "--device", "tpu:0"]}[case]
+    args = {
+        "no_run": ["--run", tmp_path, "--input", image],
+        "bad_checkpoint": ["--run", run_dir, "--input", image, "--checkpoint", tmp_path / "x.png"],
+        "no_match": ["--run", run_dir, "--input", tmp_path / "missing" / "*.jpg"],
+        "bad_tta": ["--run", run_dir, "--input", image, "--tta", "vflip"],
+        "bad_device": ["--run", run_dir, "--input", image, "--device", "tpu:0"],
+    }[case]
     capsys.readouterr()
     assert predict(*args, "--out", tmp_path / "out") == 2
     err = capsys.readouterr().err.strip()
