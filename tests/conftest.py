@@ -50,3 +50,16 @@ def tiny_overrides(output_dir: Path, name: str = "run", *, real: bool = True, da
 def set_args(overrides: list[str]) -> list[str]:
     """['a=1', 'b=2'] -> ['--set', 'a=1', '--set', 'b=2'] for cli.main."""
     return [arg for item in overrides for arg in ("--set", item)]
+
+
+def trained_tiny_run(tmp_path_factory) -> Path:
+    """One 32 px run on the real slice, trained once per test session and shared by the modules that
+    only read a finished run (predict, export)."""
+    from seg_pet.cli import main
+
+    base = tmp_path_factory.getbasetemp() / "tiny_shared_run"
+    run_dir = base / "run"
+    if not (run_dir / "test_metrics.json").is_file():
+        args = ["train", "--config", str(REPO / "configs/smoke.yaml"), *set_args(tiny_overrides(base, "run", **{"train.overlays": 0}))]
+        assert main([*args, "--overwrite"]) == 0
+    return run_dir

@@ -17,7 +17,7 @@ from seg_pet.config import load_config
 from seg_pet.data.sources import build_datasets
 from seg_pet.export import MAX_MISMATCH, ONNX_OPSET, logit_tolerance, unit_batch
 from seg_pet.predict import Predictor, load_rgb
-from tests.conftest import REPO, requires_pet, set_args, tiny_overrides
+from tests.conftest import requires_pet, trained_tiny_run
 
 pytestmark = requires_pet
 
@@ -26,16 +26,6 @@ pytestmark = requires_pet
 def ort():
     """onnxruntime, or a skip where it is not installed (the missing-onnx test needs neither)."""
     return pytest.importorskip("onnxruntime")
-
-
-def train_tiny_run(tmp_path_factory) -> Path:
-    """The same tiny run as test_predict.py (trained once per session, whichever module comes first)."""
-    base = tmp_path_factory.getbasetemp() / "tiny_predict_run"
-    run_dir = base / "run"
-    if not (run_dir / "test_metrics.json").is_file():
-        args = ["train", "--config", str(REPO / "configs/smoke.yaml"), *set_args(tiny_overrides(base, "run", **{"train.overlays": 0}))]
-        assert main([*args, "--overwrite"]) == 0
-    return run_dir
 
 
 def export(*args) -> int:
@@ -47,7 +37,7 @@ def export(*args) -> int:
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory) -> Path:
-    return train_tiny_run(tmp_path_factory)
+    return trained_tiny_run(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")

@@ -22,24 +22,14 @@ from seg_pet.metrics import ConfusionMatrix
 from seg_pet.predict import Predictor, collect_inputs, load_rgb, to_rgb
 from seg_pet.tta import TTA_MODES, tta_logits
 from seg_pet.viz import colorize
-from tests.conftest import REPO, requires_pet, set_args, tiny_overrides
+from tests.conftest import requires_pet, trained_tiny_run
 
 pytestmark = requires_pet
 
 
-def train_tiny_run(tmp_path_factory) -> Path:
-    """One 32 px run on the real slice per test session (test_export.py reuses the same folder)."""
-    base = tmp_path_factory.getbasetemp() / "tiny_predict_run"
-    run_dir = base / "run"
-    if not (run_dir / "test_metrics.json").is_file():
-        args = ["train", "--config", str(REPO / "configs/smoke.yaml"), *set_args(tiny_overrides(base, "run", **{"train.overlays": 0}))]
-        assert main([*args, "--overwrite"]) == 0
-    return run_dir
-
-
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory) -> Path:
-    return train_tiny_run(tmp_path_factory)
+    return trained_tiny_run(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
