@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from matplotlib.lines import Line2D
 
 from seg_pet.study.config import StudyConfig
 from seg_pet.viz import new_figure, save_figure
@@ -132,7 +133,7 @@ def plot_outcome_heatmap(summary: list[dict[str, Any]], rows: list[str], losses:
                     continue
                 i, j = rows.index(s["task"]), losses.index(s["loss"])
                 grid[i, j] = s["min_iou_median"]
-                ax.text(j, i, _cell_text(s), ha="center", va="center", fontsize=6,
+                ax.text(j, i, _cell_text(s), ha="center", va="center", fontsize=7,
                         color="black" if not math.isnan(grid[i, j]) and grid[i, j] > 0.6 else "white")
             image = ax.imshow(grid, vmin=0.0, vmax=1.0, cmap="viridis", aspect="auto")
             ax.set_xticks(range(len(losses)), labels=losses, fontsize=7, rotation=30)
@@ -169,7 +170,8 @@ def plot_all_losses(runs: list[dict[str, Any]], steps_by_run: dict[int, list[dic
                 if i == len(losses) - 1:
                     ax.set_xlabel("step", fontsize=8)
             axes[i][0].set_ylabel(f"trained on\n{trained}", fontsize=9)
-    _figure_legend(fig, axes)
+    fig.legend(handles=[Line2D([], [], color=colours[name], label=name) for name in losses], loc="lower center",
+               ncol=len(losses), frameon=False, fontsize=8)
     fig.suptitle(f"{combo_label(batch_norm, optimizer)}: every loss and every loss's gradient norm on the training batch "
                  f"(thick = the trained loss); median over seeds, band = range", fontsize=10)
     fig.tight_layout(rect=(0, 0.04, 1, 0.96))

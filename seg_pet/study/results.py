@@ -77,7 +77,7 @@ CELL_KEYS = ("task", "batch_norm", "optimizer", "loss")  # task: the grid row, e
 def summary_columns() -> list[str]:
     return [*CELL_KEYS, "fg_ratio", "seeds", "converged_accuracy", "converged_iou", "collapsed", "diverged",
             "accuracy_median", "accuracy_min", "accuracy_max", "min_iou_median", "min_iou_min", "min_iou_max",
-            "learned_step_median", "learned_step_min", "learned_step_max", "never_learned"]
+            "train_min_iou_median", "learned_step_median", "learned_step_min", "learned_step_max", "never_learned", "grad_norm_median"]
 
 
 def _spread(values: Iterable[float]) -> tuple[float, float, float]:
@@ -102,10 +102,12 @@ def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         row["diverged"] = sum(r["outcome"] == "diverged" for r in group)
         for name in ("accuracy", "min_iou"):
             row[f"{name}_median"], row[f"{name}_min"], row[f"{name}_max"] = _spread(r.get(name) for r in group)
+        row["train_min_iou_median"] = _spread(r.get("train_min_iou") for r in group)[0]
         finite_runs = [r for r in group if r["outcome"] != "diverged"]
         learned = [math.inf if r.get("learned_step") is None else float(r["learned_step"]) for r in finite_runs]
         row["learned_step_median"], row["learned_step_min"], row["learned_step_max"] = _spread(learned)
         row["never_learned"] = sum(math.isinf(v) for v in learned)
+        row["grad_norm_median"] = _spread(r.get("grad_norm_median") for r in group)[0]  # of each run's median over its steps
         rows.append(row)
     return rows
 
@@ -128,14 +130,20 @@ def _bn_optimizer(row: dict[str, Any]) -> str:
 
 
 def summary_markdown(rows: list[dict[str, Any]]) -> str:
-    """The summary as a markdown table: counts k/n over seeds, medians with (min–max) over seeds."""
+    """The summary as a markdown table: counts k/n over seeds, medians with (min–max) over seeds.
+
+    "train min IoU": the median over seeds of the lowest class IoU on the last 10 % of the logged training batches.
+    "grad norm": the median over seeds of each run's median gradient norm of its trained loss over the logged steps.
+    """
     header = ["task", "BN, optimiser", "loss", "acc. rule", "IoU rule", "collapsed", "accuracy", "min-class IoU",
-              "learns minority (step)"]
+              "train min IoU", "learns minority (step)", "grad norm"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in rows:
         n = r["seeds"]
         collapsed = f"{r['collapsed']}/{n}" + (f", {r['diverged']} diverged" if r["diverged"] else "")
         cells = [r["task"], _bn_optimizer(r), r["loss"], f"{r['converged_accuracy']}/{n}", f"{r['converged_iou']}/{n}", collapsed,
-                 _median_range(r, "accuracy", ".3f"), _median_range(r, "min_iou", ".2f"), _median_range(r, "learned_step", ".0f")]
+                 _median_range(r, "accuracy", ".3f"), _median_range(r, "min_iou", ".2f"),
+                 _num(r["train_min_iou_median"], ".2f"), _median_range(r, "learned_step", ".0f"),
+                 _num(r["grad_norm_median"], ".2g")]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

@@ -41,7 +41,7 @@ def runs_columns(loss_names: list[str], class_names: list[str]) -> list[str]:
         "run_id", "seed", "source", "task", "fg_ratio", "loss", "batch_norm", "optimizer", "lr", "momentum", "steps", "steps_done",
         *(f"loss_{n}" for n in loss_names),
         "accuracy", "base_rate", "fg_iou", "fg_dice", "miou", "min_iou", *(f"iou_{c}" for c in class_names), "pred_fg_share",
-        "learned_step", "grad_norm_first", "grad_norm_median", "grad_norm_last",
+        "train_accuracy", "train_min_iou", "learned_step", "grad_norm_first", "grad_norm_median", "grad_norm_last",
         "converged_accuracy", "converged_iou", "collapsed", "outcome", "diverged", "seconds",
     ]
 
@@ -74,17 +74,30 @@ def write_csv(path: Path, columns: list[str], rows: list[dict[str, Any]]) -> Non
         f.write(csv_text(columns, rows))
 
 
+def _mean(values: Iterable[float]) -> float:
+    finite = [v for v in values if math.isfinite(v)]
+    return sum(finite) / len(finite) if finite else math.nan
+
+
+def _median(values: Iterable[float]) -> float:
+    finite = [v for v in values if math.isfinite(v)]
+    return statistics.median(finite) if finite else math.nan
+
+
 def run_row(run: dict[str, Any], task: StudyTask, steps: list[dict[str, Any]], ended: str, result: dict[str, Any] | None,
             cfg: StudyConfig) -> dict[str, Any]:
-    """One runs.csv row: the settings, every loss and the metrics on held-out data, the verdict, the trained loss's gradient norms."""
+    """One runs.csv row: the settings, every loss and the metrics on held-out data, the verdict, the trained loss's gradient norms.
+
+    train_accuracy / train_min_iou: means over the last 10 % of the logged steps, on the training batches
+    (BN in training mode); the held-out metrics use BN's running statistics.
+    """
     finite = ended == "done"
     grads = [r[f"grad_norm_{run['loss']}"] for r in steps]
-    finite_grads = [g for g in grads if math.isfinite(g)]
-    tail = finite_grads[-max(1, len(finite_grads) // 10):]  # the last 10 % of the logged steps
+    last = steps[-max(1, len(steps) // 10):]  # the last 10 % of the logged steps
     row = dict(run, steps_done=steps[-1]["step"] if steps else 0, diverged=not finite, learned_step=learned_step(steps),
-               grad_norm_first=grads[0] if grads else math.nan,
-               grad_norm_median=statistics.median(finite_grads) if finite_grads else math.nan,
-               grad_norm_last=sum(tail) / len(tail) if tail else math.nan)
+               train_accuracy=_mean(r["accuracy"] for r in last), train_min_iou=_mean(r["min_iou"] for r in last),
+               grad_norm_first=grads[0] if grads else math.nan, grad_norm_median=_median(grads),
+               grad_norm_last=_mean(r[f"grad_norm_{run['loss']}"] for r in last))
     metrics = result["metrics"] if result is not None else None
     row.update(judge(metrics, finite, cfg.study.converged_min_iou, cfg.study.converged_acc_gap))
     if metrics is not None:

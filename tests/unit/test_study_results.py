@@ -85,7 +85,7 @@ def test_learned_step_is_the_first_logged_step_with_min_iou_half():
 
 def run(seed: int, loss: str, acc: float, min_iou: float, learned, outcome: str) -> dict:
     return dict(task="fg 5%", fg_ratio=0.05, batch_norm=True, optimizer="adam", loss=loss, seed=seed, accuracy=acc,
-                min_iou=min_iou, learned_step=learned, outcome=outcome, converged_accuracy=outcome in ("converged", "accurate"),
+                min_iou=min_iou, learned_step=learned, outcome=outcome, grad_norm_median=0.5 + seed, train_min_iou=min_iou, converged_accuracy=outcome in ("converged", "accurate"),
                 converged_iou=outcome == "converged", collapsed=outcome == "collapsed")
 
 
@@ -102,5 +102,5 @@ def test_summary_counts_seeds_and_gives_median_and_range():
     assert (cce["learned_step_median"], cce["learned_step_min"], cce["never_learned"]) == (300, 100, 1)
     assert math.isinf(cce["learned_step_max"])
     table = summary_markdown(rows)
-    assert "| fg 5% | BN, adam | cce | 2/3 | 1/3 | 1/3 | 0.990 (0.950–0.998) | 0.80 (0.00–0.93) | 300 (100–never) |" in table
-    assert "| fg 5% | BN, adam | dice | 0/1 | 0/1 | 0/1 | 0.970 | 0.60 | 50 |" in table
+    assert "| fg 5% | BN, adam | cce | 2/3 | 1/3 | 1/3 | 0.990 (0.950–0.998) | 0.80 (0.00–0.93) | 0.80 | 300 (100–never) | 1.5 |" in table
+    assert "| fg 5% | BN, adam | dice | 0/1 | 0/1 | 0/1 | 0.970 | 0.60 | 0.60 | 50 | 0.5 |" in table
