@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from seg_pet.cli.common import add_overrides
+from seg_pet.runtime.signals import Interrupted
 from seg_pet.study.run import run_study
 
 HELP = "run the CE-vs-Dice loss study grid"
@@ -18,5 +20,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    run_study(args.config, args.overrides, overwrite=args.overwrite)
+    try:
+        run_study(args.config, args.overrides, overwrite=args.overwrite)
+    except Interrupted as exc:  # the finished runs, the summary and the plots are written
+        print(f"\n{exc}", file=sys.stderr)
+        return exc.exit_code
     return 0

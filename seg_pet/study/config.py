@@ -1,17 +1,20 @@
-"""The study's config: its own sections, built and checked with the public seg_pet.config helpers."""
+"""The study's config: its own sections, declared with `option(...)` and built with the public seg_pet.config helpers."""
 
 from __future__ import annotations
 
 import dataclasses
-import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import Any, Optional
 
-from seg_pet.config import LOSS_OPTIONS, apply_override, build_section, read_yaml, suggest
-from seg_pet.config.loading import build_loss_section, validate_loss
+import torch
+
+from seg_pet.config import apply_override, build_section, option, read_yaml, suggest
 from seg_pet.labels import BACKGROUND, class_names
 from seg_pet.runtime.errors import ConfigError
+from seg_pet.study.losses import LOSS_FAMILIES
+from seg_pet.training.optim import build_optimizer
 
 TOY_CLASSES = ["foreground", BACKGROUND]  # same order as the Pet classes: the object first, background second
 FOREGROUND_ID, BACKGROUND_ID = 0, 1
@@ -19,51 +22,59 @@ PET_FOCUS = "border"  # the minority class of the 3-class trimap task (~12 % of 
 CONFIG_NAME = "study_config.yaml"
 
 
+def list_option(default: list, help: str) -> Any:
+    """`option` for a list key: a dataclass needs a factory for a mutable default."""
+    return field(default_factory=lambda: list(default), metadata={"help": help})
 
 
 @dataclass
 class StudySection:
-    name: str = "loss_study"
-    output_dir: str = "outputs"
-    seed: int = 0
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    converged_min_iou: float = 0.9  # see is_converged
-    cpu_threads: Optional[int] = 1  # torch intra-op threads on CPU; null = torch's default (all cores)
+    name: str = option("loss_study", "the output folder is `<output_dir>/<name>/`")
+    output_dir: str = option("outputs", "parent of the study folder")
+    seeds: list[int] = list_option([0], "one repeat of the whole grid per seed (data stream, initial weights, Pet split)")
+    device: str = option("auto", "auto | cpu | cuda | cuda:N")
+    losses: str = option("project", "loss family: `classic` (the original's formulas) or `project` (seg_pet.losses)",
+                         choices=tuple(LOSS_FAMILIES))
+    log_every: int = option(10, "every loss's value and gradient norm are logged at step 1, every N steps and the last step", ge=1)
+    converged_min_iou: float = option(0.9, "IoU rule: every class's held-out IoU >= this", gt=0.0, le=1.0)
+    converged_acc_gap: float = option(0.5, "accuracy rule: accuracy >= base rate + this share of the gap from base rate to 1",
+                                      gt=0.0, lt=1.0)
+    cpu_threads: Optional[int] = option(1, "torch intra-op threads on CPU; null = torch's default (all cores)", ge=1)
 
 
 @dataclass
 class StudyDataConfig:
-    source: str = "toy"  # toy (thresholded noise) | pet (the real trimaps, border as minority)
-    image_size: int = 32
-    batch_size: int = 8
-    fg_ratios: list[float] = field(default_factory=lambda: [0.05, 0.5, 0.95])  # toy only
-    eval_images: int = 64  # toy only: held-out noise images scored at the end of each run
-    root: str = "../shared/data"  # pet only: the folder that holds oxford-iiit-pet/
-    val_fraction: float = 0.2  # pet only: share of trainval held out and scored at the end
+    source: str = option("toy", "toy (thresholded noise) | pet (the real trimaps, border as minority)", choices=("toy", "pet"))
+    image_size: int = option(32, "pixels per side", ge=4)
+    batch_size: int = option(8, "images per training step", ge=1)
+    fg_ratios: list[float] = list_option([0.05, 0.5, 0.95], "toy only: one grid row per foreground share")
+    eval_images: int = option(64, "toy only: held-out noise images scored at the end of each run", ge=1)
+    root: str = option("../shared/data", "pet only: the folder that holds oxford-iiit-pet/")
+    val_fraction: float = option(0.2, "pet only: share of trainval held out and scored at the end", gt=0.0, lt=1.0)
 
 
 @dataclass
 class StudyModelConfig:
-    arch: str = "tiny"  # tiny (a few 3x3 convs) | unet (smp Unet, random init)
-    channels: int = 16  # tiny only
-    layers: int = 3  # tiny only: number of 3x3 conv layers before the 1x1 classifier
-    encoder: str = "resnet18"  # unet only
-    decoder_channels: list[int] = field(default_factory=lambda: [256, 128, 64, 32, 16])  # unet only (smp's default)
+    arch: str = option("tiny", "tiny (a few 3x3 convs) | unet (smp Unet, random init)", choices=("tiny", "unet"))
+    channels: int = option(16, "tiny only: channels of every 3x3 conv", ge=1)
+    layers: int = option(3, "tiny only: 3x3 conv layers before the 1x1 classifier", ge=1)
+    encoder: str = option("resnet18", "unet only")
+    decoder_channels: list[int] = list_option([256, 128, 64, 32, 16], "unet only: 5 numbers (smp's default)")
 
 
 @dataclass
 class StudyGridConfig:
-    losses: list[str] = field(default_factory=lambda: ["ce", "dice", "dice_sq", "dice_fg", "dice_fg_sq"])
-    batch_norm: list[bool] = field(default_factory=lambda: [False, True])
-    optimizers: list[str] = field(default_factory=lambda: ["adam", "sgd"])
+    losses: list[str] = list_option(["ce", "dice", "dice_sq", "dice_fg", "dice_fg_sq"], "losses of the `study.losses` family")
+    batch_norm: list[bool] = list_option([False, True], "BN before each nonlinearity off / on")
+    optimizers: list[str] = list_option(["adam", "sgd"], "adam | sgd (plain) | sgd_momentum")
 
 
 @dataclass
 class StudyOptimConfig:
-    steps: int = 250
-    adam_lr: float = 3e-3
-    sgd_lr: float = 0.1
-    sgd_momentum: float = 0.9
+    steps: int = option(250, "training steps per run", ge=1)
+    adam_lr: float = option(3e-3, "Adam's constant learning rate", gt=0.0)
+    sgd_lr: float = option(0.1, "the constant learning rate of both SGDs", gt=0.0)
+    sgd_momentum: float = option(0.9, "sgd_momentum only (plain `sgd` has none)", gt=0.0, lt=1.0)
 
 
 @dataclass
@@ -79,6 +90,19 @@ class StudyConfig:
         return Path(self.study.output_dir) / self.study.name
 
 
+# Optimisers by name: each builds from the optim section, with a constant learning rate and no weight decay
+# (the study compares losses, not schedules). Plain SGD is the original's; sgd_momentum is the project's earlier choice.
+OPTIMIZERS: dict[str, Any] = {
+    "adam": lambda o, params: build_optimizer("adam", params, lr=o.adam_lr),
+    "sgd": lambda o, params: build_optimizer("sgd", params, lr=o.sgd_lr),
+    "sgd_momentum": lambda o, params: build_optimizer("sgd", params, lr=o.sgd_lr, momentum=o.sgd_momentum),
+}
+
+
+def study_optimizer(name: str, cfg: StudyOptimConfig, params) -> torch.optim.Optimizer:
+    return OPTIMIZERS[name](cfg, params)
+
+
 # Keys that only mean something for one data source or architecture: setting one for the
 # other is an error (as with loss options), so a config never silently ignores a setting.
 _ONLY_FOR = {
@@ -91,7 +115,6 @@ _ONLY_FOR = {
     "model.encoder": ("model.arch", "unet"),
     "model.decoder_channels": ("model.arch", "unet"),
 }
-OPTIMIZERS = ("adam", "sgd")
 
 
 def load_study_config(path: str | Path | None, overrides: Iterable[str] = ()) -> StudyConfig:
@@ -143,7 +166,7 @@ def focus_class(source: str) -> str:
 
 
 def validate_study(cfg: StudyConfig) -> None:
-    """Values that type-check but cannot work. Each error names its key."""
+    """Rules beyond one key's type and range. Each error names its key."""
 
     def fail(key: str, message: str) -> None:
         raise ConfigError(f"{key}: {message}")
@@ -158,82 +181,25 @@ def validate_study(cfg: StudyConfig) -> None:
         if len(set(values)) != len(values):
             fail(key, f"lists a value twice: {values}")
 
-    s, d, m, g, o = cfg.study, cfg.data, cfg.model, cfg.grid, cfg.optim
+    s, d, m, g = cfg.study, cfg.data, cfg.model, cfg.grid
     if not s.name or "/" in s.name or s.name in (".", ".."):
         fail("study.name", f"must be a plain folder name, got {s.name!r}")
+    if not s.seeds or min(s.seeds) < 0 or len(set(s.seeds)) != len(s.seeds):
+        fail("study.seeds", f"must list at least one seed, each >= 0 and none twice; got {s.seeds}")
     if not (s.device in ("auto", "cpu", "cuda") or (s.device.startswith("cuda:") and s.device[5:].isdigit())):
         fail("study.device", f"must be auto, cpu, cuda or cuda:N; got {s.device!r}")
-    if s.cpu_threads is not None and s.cpu_threads < 1:
-        fail("study.cpu_threads", f"must be >= 1 or null, got {s.cpu_threads}")
-    if not 0.0 < s.converged_min_iou <= 1.0:
-        fail("study.converged_min_iou", f"must be in (0, 1], got {s.converged_min_iou}")
-    if d.source not in ("toy", "pet"):
-        fail("data.source", f"must be one of toy, pet; got {d.source!r}")
-    if m.arch not in ("tiny", "unet"):
-        fail("model.arch", f"must be one of tiny, unet; got {m.arch!r}")
-    if not d.fg_ratios:
-        fail("data.fg_ratios", "must list at least one foreground ratio")
-    for r in d.fg_ratios:
-        if not 0.0 < r < 1.0:
-            fail("data.fg_ratios", f"every ratio must be between 0 and 1 (exclusive), got {r}")
-    if len(set(d.fg_ratios)) != len(d.fg_ratios):
-        fail("data.fg_ratios", f"lists a ratio twice: {d.fg_ratios}")
-    if m.arch == "unet" and (d.image_size < 32 or d.image_size % 32):
+    if not d.fg_ratios or not all(0.0 < r < 1.0 for r in d.fg_ratios) or len(set(d.fg_ratios)) != len(d.fg_ratios):
+        fail("data.fg_ratios", f"must list ratios between 0 and 1 (exclusive), none twice; got {d.fg_ratios}")
+    if m.arch == "unet" and d.image_size % 32:
         fail("data.image_size", f"must be a positive multiple of 32 for model.arch: unet (it downsamples 5 times), got {d.image_size}")
-    if d.image_size < 4:
-        fail("data.image_size", f"must be >= 4, got {d.image_size}")
-    if d.batch_size < 1:
-        fail("data.batch_size", f"must be >= 1, got {d.batch_size}")
-    if d.eval_images < 1:
-        fail("data.eval_images", f"must be >= 1, got {d.eval_images}")
-    if not 0.0 < d.val_fraction < 1.0:
-        fail("data.val_fraction", f"must be between 0 and 1 (exclusive), got {d.val_fraction}")
-    if m.channels < 1:
-        fail("model.channels", f"must be >= 1, got {m.channels}")
-    if m.layers < 1:
-        fail("model.layers", f"must be >= 1, got {m.layers}")
     if len(m.decoder_channels) != 5 or min(m.decoder_channels) < 1:
         fail("model.decoder_channels", f"must be 5 numbers >= 1 (one per decoder stage), got {m.decoder_channels}")
-    check_list("grid.losses", g.losses, LOSS_OPTIONS)
-    names = class_names_for(d.source)
+    family = LOSS_FAMILIES[s.losses]
+    check_list("grid.losses", g.losses, family.names)
     for loss in g.losses:
         try:
-            validate_loss(build_loss_section({"name": loss}), names)
+            family.check(loss, class_names_for(d.source))
         except ConfigError as exc:
             fail("grid.losses", str(exc))
     check_list("grid.batch_norm", g.batch_norm, (False, True))
     check_list("grid.optimizers", g.optimizers, OPTIMIZERS)
-    if o.steps < 1:
-        fail("optim.steps", f"must be >= 1, got {o.steps}")
-    for key in ("adam_lr", "sgd_lr"):
-        if getattr(o, key) <= 0:
-            fail(f"optim.{key}", f"must be > 0, got {getattr(o, key)}")
-    if not 0.0 <= o.sgd_momentum < 1.0:
-        fail("optim.sgd_momentum", f"must be in [0, 1), got {o.sgd_momentum}")
-
-
-def is_converged(class_iou: dict[str, float], min_iou: float, finite: bool = True) -> bool:
-    """The convergence rule: the run stayed finite and EVERY class has final IoU >= min_iou.
-
-    Every class, not only the foreground: at 95 % foreground, predicting foreground
-    everywhere already scores foreground IoU 0.95 (and at 5 % the same trick for
-    background scores 0.95 background IoU), so a one-class threshold would count a
-    collapsed model as converged; that model's other class has IoU 0. A class absent from
-    both target and prediction (IoU NaN) is not scored; with no scored class nothing converged.
-    """
-    scored = [v for v in class_iou.values() if v is not None and not math.isnan(v)]
-    return bool(finite and scored and min(scored) >= min_iou)
-
-
-COLLAPSED_BELOW = 0.1  # a class scored below this IoU is (almost) never predicted where it is
-
-
-def run_outcome(class_iou: dict[str, float], min_iou: float, finite: bool = True) -> str:
-    """diverged (non-finite) | converged (is_converged) | collapsed (some class IoU < 0.1: the
-    model predicts essentially one class there) | partial (learned every class, not well enough)."""
-    if not finite:
-        return "diverged"
-    if is_converged(class_iou, min_iou, finite):
-        return "converged"
-    scored = [v for v in class_iou.values() if v is not None and not math.isnan(v)]
-    return "collapsed" if not scored or min(scored) < COLLAPSED_BELOW else "partial"

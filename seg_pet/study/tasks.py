@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import segmentation_models_pytorch as smp
 import torch
@@ -21,17 +21,16 @@ from seg_pet.study.config import (
     TOY_CLASSES,
     StudyConfig,
     StudyModelConfig,
-    StudyOptimConfig,
     class_names_for,
 )
-from seg_pet.training.optim import build_optimizer
 
 
 @dataclass
 class StudyTask:
     """One row of the grid: a fixed training stream and a held-out set, shared by every run in the row."""
 
-    label: str  # row label in plots, e.g. "fg 5%" or "border 12%"
+    label: str  # the grid row: "fg 5%" (toy) or "border" (Pet); runs with the same label form one row of every table
+    seed: int
     fg_ratio: float  # share of the focus class among training pixels (toy: as requested)
     class_names: list[str]
     focus: str
@@ -56,9 +55,9 @@ def _ratio_seed(seed: int, fg_ratio: float) -> int:
     return seed * 1_000_003 + round(fg_ratio * 1e6)
 
 
-def toy_task(cfg: StudyConfig, fg_ratio: float, device: torch.device) -> StudyTask:
+def toy_task(cfg: StudyConfig, fg_ratio: float, seed: int, device: torch.device) -> StudyTask:
     size, batch_size = cfg.data.image_size, cfg.data.batch_size
-    base = _ratio_seed(cfg.study.seed, fg_ratio)
+    base = _ratio_seed(seed, fg_ratio)
 
     def batch(step: int) -> tuple[torch.Tensor, torch.Tensor]:
         # One generator per step: batch `step` is the same for every run, whatever ran before.
@@ -70,7 +69,7 @@ def toy_task(cfg: StudyConfig, fg_ratio: float, device: torch.device) -> StudyTa
     for step in range(min(cfg.optim.steps, 16)):  # the stream is i.i.d.; a few batches estimate its balance
         counts += torch.bincount(batch(step)[1].flatten().cpu(), minlength=2)
     return StudyTask(
-        label=f"fg {100 * fg_ratio:g}%", fg_ratio=fg_ratio, class_names=list(TOY_CLASSES), focus=TOY_CLASSES[FOREGROUND_ID],
+        label=f"fg {100 * fg_ratio:g}%", seed=seed, fg_ratio=fg_ratio, class_names=list(TOY_CLASSES), focus=TOY_CLASSES[FOREGROUND_ID],
         in_channels=1, batch=batch, eval_x=eval_x.to(device), eval_y=eval_y.to(device), pixel_counts=counts.tolist(),
     )
 
@@ -80,7 +79,7 @@ def _stack(dataset) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.stack(images), torch.stack(masks)
 
 
-def pet_task(cfg: StudyConfig, device: torch.device) -> StudyTask:
+def pet_task(cfg: StudyConfig, seed: int, device: torch.device) -> StudyTask:
     """The 3-class trimap task (pet, background, border) on the real slice; border is the minority.
 
     Images are decoded once, resized to image_size (no random crop: the study is about the loss,
@@ -88,7 +87,7 @@ def pet_task(cfg: StudyConfig, device: torch.device) -> StudyTask:
     seeded horizontal flip, identical for every run.
     """
     d = cfg.data
-    data_cfg = Config(run=RunConfig(seed=cfg.study.seed),
+    data_cfg = Config(run=RunConfig(seed=seed),
                       data=DataConfig(source="oxford", root=d.root, image_size=d.image_size, border="class", val_fraction=d.val_fraction))
     datasets = build_datasets(data_cfg)
     for ds in datasets.values():
@@ -101,7 +100,7 @@ def pet_task(cfg: StudyConfig, device: torch.device) -> StudyTask:
     share = counts[focus] / max(sum(counts), 1)
 
     # The batch schedule: epoch-wise shuffles and per-image flips, drawn once from the seed.
-    g = torch.Generator().manual_seed(cfg.study.seed)
+    g = torch.Generator().manual_seed(seed)
     n = len(train_x)
     order = torch.cat([torch.randperm(n, generator=g) for _ in range(math.ceil(cfg.optim.steps * d.batch_size / n) + 1)])
     flips = torch.rand(len(order), generator=g) < 0.5
@@ -116,11 +115,9 @@ def pet_task(cfg: StudyConfig, device: torch.device) -> StudyTask:
         return x, y
 
     return StudyTask(
-        label=f"{PET_FOCUS} {100 * share:.0f}%", fg_ratio=share, class_names=names, focus=PET_FOCUS,
+        label=PET_FOCUS, seed=seed, fg_ratio=share, class_names=names, focus=PET_FOCUS,
         in_channels=3, batch=batch, eval_x=eval_x.to(device), eval_y=eval_y.to(device), pixel_counts=counts,
     )
-
-
 
 
 def build_tiny_net(in_channels: int, num_classes: int, channels: int, layers: int, batch_norm: bool) -> nn.Sequential:
@@ -161,8 +158,3 @@ def _strip_batch_norm(module: nn.Module) -> None:
         else:
             _strip_batch_norm(child)
 
-
-def study_optimizer(name: str, cfg: StudyOptimConfig, params) -> tuple[torch.optim.Optimizer, float]:
-    """Constant learning rate, no weight decay: the study compares losses, not schedules."""
-    lr = cfg.adam_lr if name == "adam" else cfg.sgd_lr
-    return build_optimizer(name, params, lr=lr, momentum=cfg.sgd_momentum), lr
