@@ -4,8 +4,9 @@ Each command is a module here with `add_arguments(parser)` and `run(args) -> int
 maps the command name to it.
 
 Exit codes: 0 success; 1 a `doctor` check failed or training diverged (NaN/Inf loss);
-2 bad input (config, flags, data files, checkpoints) with a one-line message;
-130 / 143 interrupted by Ctrl-C / SIGTERM after saving a resumable checkpoint.
+2 bad input (config, flags, paths, data files, checkpoints) with a one-line message;
+3 the machine refused a write (disk full, quota, read-only): one line naming the file, the old file
+kept, a run left resumable; 130 / 143 interrupted by Ctrl-C / SIGTERM after saving a resumable checkpoint.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ from __future__ import annotations
 import argparse
 import gc
 import sys
-from typing import Optional, Sequence
+from collections.abc import Sequence
+from typing import Optional
 
 from seg_pet.cli import doctor, evaluate, export, predict, study, train
 from seg_pet.runtime.errors import SegPetError, TrainingDiverged, is_input_error
@@ -71,7 +73,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if not is_input_error(exc):
             raise
         print(f"error: {one_line(exc)}", file=sys.stderr)
-        return 2
+        return getattr(exc, "exit_code", 2)
     finally:
         # A DataLoader error's traceback is a reference cycle that keeps the loader's iterator (and
         # its worker processes) alive. Collect it now, so the workers are shut down in order instead

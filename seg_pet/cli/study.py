@@ -5,10 +5,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from seg_pet.cli.common import add_overrides
+from seg_pet.cli.common import add_overrides, check_paths
 from seg_pet.study.run import run_study
 
 HELP = "run the CE-vs-Dice loss study grid"
+PATHS = {"config": ("in", "file")}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -18,5 +19,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_paths(args, PATHS)
     run_study(args.config, args.overrides, overwrite=args.overwrite)
     return 0
