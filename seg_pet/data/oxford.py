@@ -146,9 +146,10 @@ def preflight(split: SplitFiles) -> None:
 
 def _header_size(path: Path, kind: str, split: SplitFiles) -> tuple[int, int]:
     """(width, height) from the file's header: it exists, is readable, and is an image (pixels are not decoded)."""
+    if not path.exists():
+        raise DataError(f"{kind} file missing: {path} (listed in {split.list_file.name})")
     if not path.is_file():
-        what = "is not a file" if path.exists() else "missing"
-        raise DataError(f"{kind} file {what}: {path} (listed in {split.list_file.name})")
+        raise DataError(f"{kind} file {path}: is a folder, expected a file (listed in {split.list_file.name})")
     try:
         check_input(path, f"{kind} file")
         with Image.open(path) as im:

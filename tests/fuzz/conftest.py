@@ -11,15 +11,33 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
+import os
 import shutil
+import tempfile
 import traceback
+import urllib.error
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, Phase, settings
 
 from seg_pet.cli import main
 from seg_pet.data.synthetic import MARKER_NAME, make_synthetic_dataset
 from tests.conftest import set_args, tiny_overrides
+
+# Example counts are fixed and the examples derandomised, so CI runs the same cases every time.
+# SEG_PET_FUZZ_SCALE=10 runs ten times as many; SEG_PET_FUZZ_RANDOM=1 draws new ones on each run.
+FUZZ_SCALE = float(os.environ.get("SEG_PET_FUZZ_SCALE", "1"))
+FUZZ_RANDOM = os.environ.get("SEG_PET_FUZZ_RANDOM") == "1"
+FUZZ_LOG = os.environ.get("SEG_PET_FUZZ_LOG")  # a file: each command's exit code and message are appended
+
+
+def fuzz_settings(max_examples: int) -> settings:
+    """Bounded, reproducible, no shrinking (one example is a command run: seconds, not microseconds)."""
+    return settings(max_examples=max(1, int(max_examples * FUZZ_SCALE)), deadline=None, derandomize=not FUZZ_RANDOM, database=None,
+                    phases=[Phase.explicit, Phase.generate], suppress_health_check=list(HealthCheck), print_blob=True)
+
 
 # Smaller than the usual tiny setting (resnet18, 170 MB checkpoints): a 0.9 M-parameter LinkNet, 10 MB checkpoints.
 SMALL_MODEL = {"model.arch": "linknet", "model.encoder": "timm-mobilenetv3_small_minimal_100"}
@@ -46,6 +64,10 @@ def run_cli(argv: list[str]) -> tuple[int | None, str]:
             code = exc.code if isinstance(exc.code, int) else 2
         except BaseException:  # noqa: BLE001 - an escaped exception is what the contract forbids: report it
             return None, err.getvalue() + traceback.format_exc()
+    if FUZZ_LOG:  # what the examples hit: one line per command (exit code, first line of stderr)
+        last = (err.getvalue().strip().splitlines() or [""])[-1]
+        with open(FUZZ_LOG, "a") as log:
+            log.write(f"{code}\t{argv[0]}\t{last[:160]}\n")
     return code, err.getvalue()
 
 
@@ -69,6 +91,54 @@ def snapshot(folder: Path) -> dict[str, str]:
         else:
             state[key] = f"file {info.st_mode:o} {hashlib.sha1(path.read_bytes()).hexdigest()}"
     return state
+
+
+def check_contract(code: int | None, err: str, before: dict[str, str], after: dict[str, str], *, allowed_new=lambda key: True) -> None:
+    """Exit 0 or 2, no traceback; on 2 one line and nothing on disk changed; on 0 nothing that existed changed,
+    and every new entry is one `allowed_new` accepts."""
+    assert code in (0, 2), f"exit code {code}, stderr:\n{err}"
+    assert "Traceback" not in err, err
+    if code == 2:
+        assert_one_line_error(code, err)
+        changed = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
+        assert not changed, f"refused, yet changed on disk: {changed[:5]}\n{err}"
+        return
+    assert all(after.get(k) == v for k, v in before.items()), "an existing file or folder changed"
+    unexpected = sorted(k for k in after.keys() - before.keys() if not allowed_new(k))
+    assert not unexpected, f"wrote {unexpected[:5]}"
+
+
+@contextlib.contextmanager
+def sandbox(parent: Path) -> Iterator[Path]:
+    """A fresh folder to run one example in (the current folder while it runs); removed afterwards."""
+    folder = Path(tempfile.mkdtemp(dir=parent))
+    try:
+        with contextlib.chdir(folder):
+            yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def link_copy(source: Path, target: Path) -> Path:
+    """A copy made of hard links (cheap for 10 MB checkpoints); seg_pet never writes a file in place, so the source is safe."""
+    shutil.copytree(source, target, copy_function=os.link)
+    return target
+
+
+@pytest.fixture(scope="module")
+def offline():
+    """Nothing is downloaded while fuzzing: the dataset download fails as offline, and so do encoder weights."""
+    import huggingface_hub.constants
+    import torchvision.datasets.oxford_iiit_pet as tv_pet
+
+    def no_network(*args, **kwargs):
+        raise urllib.error.URLError("offline (fuzz harness)")
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(tv_pet, "download_and_extract_archive", no_network)
+        patch.setenv("HF_HUB_OFFLINE", "1")
+        patch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+        yield
 
 
 def copy_dataset(source: Path, target_root: Path) -> Path:

@@ -19,7 +19,6 @@ from seg_pet.checkpoint import load_checkpoint
 from tests.conftest import set_args
 from tests.fuzz.conftest import assert_one_line_error, copy_dataset, run_cli, small_overrides, snapshot, train_argv
 
-
 # Batches of 1 and no step cap: epoch 1 decodes every file (64 px: BatchNorm needs > 1 value per channel).
 EVERY_FILE = {"optim.epochs": 1, "data.batch_size": 1, "data.image_size": 64, "train.max_steps_per_epoch": "null"}
 
