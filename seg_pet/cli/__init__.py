@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import gc
 import sys
+import unicodedata
 from collections.abc import Sequence
 from typing import Optional
 
@@ -45,12 +46,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def one_line(exc: BaseException) -> str:
-    """The message of a known error; errors re-raised by DataLoader workers carry a traceback: keep its last line."""
+    """The message of a known error; errors re-raised by DataLoader workers carry a traceback: keep its last line.
+
+    Control characters that came in with the input (a key with a newline in it) are shown escaped, so
+    the message stays one line and shows what was there."""
     text = str(exc).strip()
     if "Traceback" in text:
         text = text.splitlines()[-1]
         text = text.split(": ", 1)[1] if text.startswith("seg_pet.") else text
-    return text.splitlines()[0] if text else type(exc).__name__
+    text = "".join(repr(ch)[1:-1] if unicodedata.category(ch) == "Cc" else ch for ch in text)
+    return text or type(exc).__name__
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

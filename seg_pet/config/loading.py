@@ -60,8 +60,11 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 
 
 def parse_yaml(text: str) -> Any:
-    """YAML text -> plain data, with the safe loader that refuses duplicate keys."""
-    return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+    """YAML text -> plain data, with the safe loader that refuses duplicate keys (and nesting deep enough to crash it)."""
+    try:
+        return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+    except RecursionError:
+        raise ConfigError("nested too deeply (thousands of levels of [ or {); a config is two levels deep") from None
 
 
 def decode_text(data: bytes, path: Path) -> str:
@@ -79,10 +82,11 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
+    text = decode_text(path.read_bytes(), path)
     try:
-        data = parse_yaml(decode_text(path.read_bytes(), path))
+        data = parse_yaml(text)
     except ConfigError as exc:
-        raise ConfigError(f"{path}: {exc}" if str(exc).startswith("duplicate key") else str(exc)) from None
+        raise ConfigError(f"{path}: {exc}") from None
     except yaml.YAMLError as exc:
         where = ""
         mark = getattr(exc, "problem_mark", None)

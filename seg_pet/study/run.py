@@ -21,6 +21,7 @@ from seg_pet.metrics import ConfusionMatrix, batch_metrics, compute_metrics
 from seg_pet.runtime.device import resolve_device
 from seg_pet.runtime.errors import SegPetError
 from seg_pet.runtime.fileio import atomic_write
+from seg_pet.runtime.paths import check_output
 from seg_pet.study.config import CONFIG_NAME, StudyConfig, is_converged, load_study_config, run_outcome, study_config_to_dict
 from seg_pet.study.plots import combo_label, plot_iou_heatmap, plot_step_grid
 from seg_pet.study.tasks import StudyTask, build_study_model, pet_task, study_optimizer, toy_task
@@ -155,6 +156,8 @@ def summary_row(run: dict[str, Any], task: StudyTask, steps: list[dict[str, Any]
 
 
 def check_out_dir(out_dir: Path, overwrite: bool) -> None:
+    check_output(out_dir.parent, "study.output_dir", "dir")
+    check_output(out_dir, "study folder", "dir")
     if out_dir.exists() and any(out_dir.iterdir()):
         if not overwrite:
             raise SegPetError(f"study folder {out_dir} already exists; replace it with --overwrite, or choose another study.name")

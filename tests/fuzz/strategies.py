@@ -62,7 +62,7 @@ def config_texts(draw, base: dict, keys: list[tuple[str, str]]) -> bytes:
     data = {section: dict(values) for section, values in base.items()}
     text_edits = []
     for _ in range(draw(st.integers(min_value=1, max_value=2))):
-        kind = draw(st.sampled_from(["value", "value", "value", "unknown key", "section", "duplicate", "encoding"]))
+        kind = draw(st.sampled_from(["value", "value", "value", "unknown key", "section", "duplicate", "encoding", "nesting"]))
         section, key = draw(st.sampled_from(keys))
         if kind in ("value", "unknown key") and not isinstance(data.get(section), dict):
             continue  # the section itself was replaced by an earlier edit
@@ -80,6 +80,9 @@ def config_texts(draw, base: dict, keys: list[tuple[str, str]]) -> bytes:
         if kind == "duplicate" and f"\n{section}:\n" in f"\n{text}":
             # a second `key:` line inside the section: YAML would silently keep the last one
             text = text.replace(f"{section}:\n", f"{section}:\n  {key}: {yaml.safe_dump(draw(odd_values)).splitlines()[0]}\n", 1)
+    if any(kind == "nesting" for kind, _, _ in text_edits):  # deep enough to exhaust a recursive parser
+        depth = draw(st.sampled_from([50, 5000]))
+        text += f"{draw(st.sampled_from(['extra', 'run']))}: {'[' * depth}{']' * depth}\n"
     raw = text.encode("utf-8")
     if any(kind == "encoding" for kind, _, _ in text_edits):
         how = draw(st.sampled_from(["latin-1 byte", "utf-16", "truncated utf-8", "nul"]))
