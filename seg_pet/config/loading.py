@@ -46,16 +46,18 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 
     def construct_mapping(self, node, deep=False):
         if isinstance(node, yaml.MappingNode):
-            seen: dict[Any, int] = {}
+            seen: dict[Any, yaml.Mark] = {}
             for key_node, _ in node.value:
                 key = self.construct_object(key_node, deep=True)
-                line = key_node.start_mark.line + 1
+                mark = key_node.start_mark
                 try:
-                    first = seen.setdefault(key, line)
+                    first = seen.setdefault(key, mark)
                 except TypeError:  # an unhashable key: the base class reports it
                     continue
-                if first != line:
-                    raise ConfigError(f"duplicate key {key!r} (lines {first} and {line}); YAML would silently keep the last one")
+                if first is not mark:
+                    where = (f"lines {first.line + 1} and {mark.line + 1}" if first.line != mark.line
+                             else f"line {mark.line + 1}, columns {first.column + 1} and {mark.column + 1}")
+                    raise ConfigError(f"duplicate key {key!r} ({where}); YAML would silently keep the last one")
         return super().construct_mapping(node, deep=deep)
 
 
@@ -182,9 +184,9 @@ def build_loss_section(values: dict[str, Any]) -> LossConfig:
 
 def check_value(key: str, value: Any, meta: typing.Mapping[str, Any]) -> Any:
     """A typed value against its declaration: no control characters, allowed values, finite numbers in range."""
-    for text in value if isinstance(value, list) else [value]:
+    for where, text in enumerate(value) if isinstance(value, list) else [(None, value)]:
         if isinstance(text, str):
-            check_text(text, key)
+            check_text(text, key if where is None else f"{key}[{where}]", ConfigError)
     choices = meta.get("choices") or ()
     if choices and value not in choices:
         raise ConfigError(f"{key}: must be one of {', '.join(map(str, choices))}; got {value!r}")

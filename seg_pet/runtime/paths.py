@@ -34,10 +34,10 @@ RUN_ENTRIES = ("config.yaml", "checkpoints", "metrics.jsonl", "metrics.csv", "cl
                "test_confusion.csv", "test_evaluations.jsonl", "plots", "overlays", "cache")
 
 
-def check_text(text: str, what: str) -> str:
+def check_text(text: str, what: str, error: type[SegPetError] = SegPetError) -> str:
     """Refuse control characters (newline, tab, NUL, escape...) in a value that becomes a name or a log line."""
     if any(unicodedata.category(ch) in ("Cc", "Cs") for ch in text):
-        raise SegPetError(f"{what}: must not contain control characters, got {text!r}")
+        raise error(f"{what}: must not contain control characters, got {text!r}")
     return text
 
 

@@ -36,10 +36,10 @@ from seg_pet.runtime.errors import SegPetError, TrainingDiverged, is_input_error
 from seg_pet.runtime.fileio import atomic_write, write_json
 from seg_pet.runtime.seeding import seed_everything
 from seg_pet.runtime.signals import DeferredStop, Interrupted, signals_raise
+from seg_pet.testlog import LOG_NAME, earlier_looks, record_test_evaluation
 from seg_pet.training.loop import train_one_epoch
 from seg_pet.training.monitors import epoch_warnings
 from seg_pet.training.records import EpochRecord, console_line, write_epoch_outputs
-from seg_pet.testlog import LOG_NAME, earlier_looks, record_test_evaluation
 from seg_pet.training.rundir import NewRunFolder, check_run_dir, create_run_dir, discard_replaced_runs, resume_command
 from seg_pet.training.state import Progress, Setup, build_setup, checkpoint_state, load_resume_state, restore
 from seg_pet.viz import save_overlay, save_panel
