@@ -207,7 +207,7 @@ def test_atomic_write_keeps_old_file_on_failure(tmp_path):
     with pytest.raises(ZeroDivisionError):
         with atomic_write(target) as f:
             f.write("half of the new")
-            1 / 0
+            raise ZeroDivisionError("failed half-way")
     assert target.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
 

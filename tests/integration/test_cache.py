@@ -11,15 +11,15 @@ import pytest
 import torch
 from PIL import Image
 
-from seg_pet.data.cache import CACHE_DIRNAME, attach_cache, disk_cache_dir
 from seg_pet.config import load_config
+from seg_pet.data.cache import CACHE_DIRNAME, attach_cache, disk_cache_dir
 from seg_pet.data.loaders import make_loader
 from seg_pet.data.sources import build_datasets, build_test_dataset
-from seg_pet.runtime.device import Runtime
-from seg_pet.evaluation import evaluate_batches
-from seg_pet.runtime.errors import DataError
-from seg_pet.models import build_model
 from seg_pet.data.synthetic import make_synthetic_dataset
+from seg_pet.evaluation import evaluate_batches
+from seg_pet.models import build_model
+from seg_pet.runtime.device import Runtime
+from seg_pet.runtime.errors import DataError
 from tests.conftest import REPO, set_args, tiny_overrides
 
 SIZE = 32  # synthetic images are 48..96 px, so every resize below really shrinks

@@ -13,8 +13,8 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
-from seg_pet.data.cache import DeviceBatches, DeviceCache, attach_cache
 from seg_pet.config import load_config
+from seg_pet.data.cache import DeviceBatches, DeviceCache, attach_cache
 from seg_pet.data.loaders import make_loader
 from seg_pet.data.sources import build_datasets
 from seg_pet.data.synthetic import make_synthetic_dataset

@@ -31,10 +31,10 @@ from seg_pet.doctor.checks import (
     majority_baseline,
     overfit_batch,
 )
-from seg_pet.training.monitors import epoch_warnings
 from seg_pet.losses import compute_class_weights
 from seg_pet.metrics import compute_metrics
 from seg_pet.models import build_model
+from seg_pet.training.monitors import epoch_warnings
 from tests.conftest import SHARED_DATA, requires_pet, set_args, tiny_overrides
 
 NAMES = ["pet", "background", "border"]
