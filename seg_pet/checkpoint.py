@@ -24,8 +24,9 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-from seg_pet.runtime.errors import CheckpointError, StorageError
+from seg_pet.runtime.errors import CheckpointError, SegPetError, StorageError
 from seg_pet.runtime.fileio import atomic_path
+from seg_pet.runtime.paths import check_input
 
 FORMAT_VERSION = 1
 
@@ -125,8 +126,12 @@ def load_checkpoint(path: str | Path, resume: bool = False) -> dict[str, Any]:
     is refused before anything in it runs.
     """
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        check_input(path, "checkpoint", "file")  # a folder in its place, an unreadable file
+    except SegPetError as exc:
+        raise CheckpointError(str(exc)) from None
     with open(path, "rb") as f:
         head = f.read(4)
     if not head:

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from seg_pet.runtime.fileio import atomic_write
+from seg_pet.runtime.paths import check_input
 
 LOG_NAME = "test_evaluations.jsonl"
 
@@ -35,8 +36,9 @@ def dataset_identity(cfg: Any) -> dict[str, str]:
 def read_test_log(run_dir: Path) -> list[dict[str, Any]]:
     """The records, oldest first. A line that is not a JSON object counts as a look at an unknown test set."""
     path = run_dir / LOG_NAME
-    if not path.is_file():
+    if not path.exists():
         return []
+    check_input(path, "the test-set record", "file")
     records = []
     for line in path.read_text(errors="replace").splitlines():
         if not line.strip():
