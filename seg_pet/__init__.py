@@ -10,14 +10,16 @@ contracts in pyproject.toml). Top to bottom:
     doctor      checks of the data, model and loss wiring before training
     training    `train(cfg)`: the loop, optimisers, run folder, epoch records, monitors
     evaluation  `load_run`, the evaluation pass, `evaluate_split`, the `evaluate` command
-    checkpoint  saving and safely loading checkpoints
+    checkpoint  saving and safely loading checkpoints (checked against a schema)
+    testlog     the record of every test-set evaluation in a run (test_evaluations.jsonl) and its rule
     viz, models, losses, metrics, tta
                 pictures; the smp model factory; LOSSES; confusion-matrix metrics; test-time augmentation
     data        Oxford-IIIT Pet reader, synthetic data, transforms, caches, loaders, DATASETS
     config      the schema (one declaration per key), loading, --set, validation, the docs reference
     labels, runtime
                 the label contract (class names, trimap remap, ignore index, palette);
-                Runtime (device, autocast, channels_last), seeds, signals, errors, atomic files
+                Runtime (device, autocast, channels_last), seeds, signals, errors, atomic files,
+                the one path checker every command uses (runtime.paths)
 
 Each subpackage's docstring says what it owns.
 """

@@ -6,8 +6,9 @@
     evaluate_run       the `evaluate` command
 
 Test-set discipline: training evaluates best.pt on test exactly once and writes
-`test_metrics.json`. `evaluate` defaults to the validation split, never overwrites
-`test_metrics.json`, and refuses to look at test again unless given --force.
+`test_metrics.json`. `evaluate` defaults to the validation split, never writes over the run's
+own files, records every test evaluation in the run (seg_pet.testlog), and refuses to look at the
+same test set again unless given --force.
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ from seg_pet.models import build_model
 from seg_pet.runtime.device import Runtime
 from seg_pet.runtime.errors import SegPetError
 from seg_pet.runtime.fileio import atomic_write, write_json
+from seg_pet.runtime.paths import check_output, is_writable_dir
+from seg_pet.testlog import LOG_NAME, earlier_looks, record_test_evaluation
 from seg_pet.tta import tta_logits
 from seg_pet.viz import plot_confusion
 
@@ -148,14 +151,17 @@ def evaluate_run(
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").is_file():
         raise SegPetError(f"--run {run_dir}: not a seg_pet run folder (no config.yaml)")
-    if split == "test" and (run_dir / "test_metrics.json").exists() and not force:
+    if out is not None:
+        check_output(out, "--out", "file")  # before the work: never write over the run's own files
+    cfg, model, names, state, path = load_run(run_dir, checkpoint, overrides)
+    looks = earlier_looks(run_dir, cfg, load_config(run_dir / "config.yaml")) if split == "test" else []
+    if looks and not force:
         raise SegPetError(
-            f"{run_dir} was already evaluated on the test split (test_metrics.json); the test set is for one final "
-            "number, not for model selection: use --split val, or --force if you really mean it"
+            f"{run_dir} was already evaluated on the test split of {cfg.data.root} ({len(looks)} time(s), recorded in {LOG_NAME}); "
+            "the test set is for one final number, not for model selection: use --split val, or --force if you really mean it"
         )
-    if out is not None and Path(out).resolve() == (run_dir / "test_metrics.json").resolve():
-        raise SegPetError(f"--out {out}: refusing to overwrite the training run's test_metrics.json")
-    cfg, model, names, state, _ = load_run(run_dir, checkpoint, overrides)
+    if split == "test" and not is_writable_dir(run_dir):
+        raise SegPetError(f"--run {run_dir}: not writable; a test evaluation is recorded in the run ({LOG_NAME})")
     runtime = Runtime.create(cfg.train.device, amp=cfg.train.amp)
     dataset = build_test_dataset(cfg) if split == "test" else build_datasets(cfg)["val"]
     if split == "val" and cfg.data.cache == "disk":  # reuse the run's validation cache (bit-identical to decoding)
@@ -166,6 +172,8 @@ def evaluate_run(
     tta_note = "" if cfg.eval.tta == "none" else f", TTA {cfg.eval.tta}"
     log(f"{split} split, {checkpoint} checkpoint (epoch {state['epoch']}{tta_note}), {metrics['num_images']} images:")
     log(format_table(metrics, names))
+    if split == "test":
+        record_test_evaluation(run_dir, cfg, command="evaluate", checkpoint=path, epoch=state["epoch"], forced=bool(looks))
     if out is not None:
         write_json(out, metrics)
         log(f"metrics written to {out}")

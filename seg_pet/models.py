@@ -5,14 +5,17 @@ Models return logits (N, C, H, W). Softmax belongs to losses and metrics, never 
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import segmentation_models_pytorch as smp
+import segmentation_models_pytorch.encoders as smp_encoders
 import torch
 from torch import nn
 
-from seg_pet.config import ModelConfig
+from seg_pet.config import ModelConfig, suggest
 from seg_pet.runtime.errors import CheckpointError, ConfigError
+from seg_pet.runtime.paths import check_input
 
 WEIGHT_NAMES = ("imagenet",)  # smp also knows others for some encoders; a path means a local file
 
@@ -20,17 +23,21 @@ WEIGHT_NAMES = ("imagenet",)  # smp also knows others for some encoders; a path 
 def build_model(cfg: ModelConfig, num_classes: int) -> nn.Module:
     weights = cfg.encoder_weights
     local_file = weights is not None and _looks_like_path(weights)
+    check_encoder(cfg.encoder, None if local_file else weights)
+    if local_file:
+        check_input(weights, "model.encoder_weights", "file")
     try:
-        model = smp.create_model(
-            cfg.arch,
-            encoder_name=cfg.encoder,
-            encoder_weights=None if local_file else weights,
-            classes=num_classes,
-        )
-    except KeyError as exc:
-        raise ConfigError(f"model.encoder: unknown encoder {cfg.encoder!r} for smp ({exc.args[0] if exc.args else exc})".splitlines()[0]) from None
-    except ValueError as exc:
-        raise ConfigError(f"model: {str(exc).splitlines()[0]}") from None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # smp's deprecation notes for timm- encoders: stderr stays clean
+            model = smp.create_model(
+                cfg.arch,
+                encoder_name=cfg.encoder,
+                encoder_weights=None if local_file else weights,
+                classes=num_classes,
+            )
+    except (KeyError, ValueError, AssertionError) as exc:  # an encoder the architecture cannot use
+        first = str(exc.args[0] if isinstance(exc, KeyError) and exc.args else exc).splitlines()
+        raise ConfigError(f"model.arch: {cfg.arch} cannot be built with encoder {cfg.encoder} ({first[0] if first else type(exc).__name__})") from None
     except OSError as exc:
         # smp fetches weights from the Hugging Face hub; offline this is an OSError after retries.
         raise ConfigError(
@@ -43,6 +50,23 @@ def build_model(cfg: ModelConfig, num_classes: int) -> nn.Module:
     return model
 
 
+def check_encoder(encoder: str, weights: str | None) -> None:
+    """model.encoder is one smp knows, and model.encoder_weights (a name, not a file) one it has for that encoder."""
+    known = smp_encoders.get_encoder_names()
+    if encoder.startswith("tu-"):
+        names: tuple[str, ...] = WEIGHT_NAMES  # timm universal encoders: the name picks the weights; any value means "pretrained"
+    elif encoder in known:
+        names = tuple(smp_encoders.encoders[encoder]["pretrained_settings"])
+    elif encoder.startswith("timm-"):  # older smp names, mapped onto timm universal encoders
+        names = WEIGHT_NAMES
+    else:
+        raise ConfigError(f"model.encoder: unknown encoder {encoder!r}{suggest(encoder, known)}")
+    if weights is not None and weights not in names:
+        choices = ", ".join(names) if names else "none (this encoder has no pretrained weights)"
+        raise ConfigError(f"model.encoder_weights: unknown weights {weights!r} for encoder {encoder}; choose {choices}, "
+                          "null (random init) or a path to a local weights file")
+
+
 def _looks_like_path(value: str) -> bool:
     return "/" in value or "\\" in value or Path(value).suffix in (".pt", ".pth", ".bin", ".safetensors")
 
@@ -53,8 +77,6 @@ def load_encoder_weights(model: nn.Module, path: Path) -> None:
     Keys of a classification head (fc.*, classifier.*) are dropped, since smp encoders have none;
     every encoder weight must be present, so a file for another encoder is refused.
     """
-    if not path.is_file():
-        raise ConfigError(f"model.encoder_weights: file not found: {path}")
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file

@@ -5,8 +5,9 @@ maps the command name to it.
 
 Exit codes: 0 success; 1 a `doctor` check failed, training diverged (NaN/Inf loss), `predict`
 could not read some images (the rest were predicted), or `export`'s ONNX model disagreed with torch;
-2 bad input (config, flags, data files, checkpoints) with a one-line message;
-130 / 143 interrupted by Ctrl-C / SIGTERM after saving a resumable checkpoint.
+2 bad input (config, flags, paths, data files, checkpoints) with a one-line message;
+3 the machine refused a write (disk full, quota, read-only): one line naming the file, the old file
+kept, a run left resumable; 130 / 143 interrupted by Ctrl-C / SIGTERM after saving a resumable checkpoint.
 """
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ from __future__ import annotations
 import argparse
 import gc
 import sys
-from typing import Optional, Sequence
+import unicodedata
+from collections.abc import Sequence
+from typing import Optional
 
 from seg_pet.cli import doctor, evaluate, export, predict, study, train
 from seg_pet.runtime.errors import SegPetError, TrainingDiverged, is_input_error
@@ -44,12 +47,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def one_line(exc: BaseException) -> str:
-    """The message of a known error; errors re-raised by DataLoader workers carry a traceback: keep its last line."""
+    """The message of a known error; errors re-raised by DataLoader workers carry a traceback: keep its last line.
+
+    Control characters that came in with the input (a key with a newline in it) are shown escaped, so
+    the message stays one line and shows what was there."""
     text = str(exc).strip()
     if "Traceback" in text:
         text = text.splitlines()[-1]
         text = text.split(": ", 1)[1] if text.startswith("seg_pet.") else text
-    return text.splitlines()[0] if text else type(exc).__name__
+    text = "".join(repr(ch)[1:-1] if unicodedata.category(ch) == "Cc" else ch for ch in text)
+    return text or type(exc).__name__
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -72,7 +79,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if not is_input_error(exc):
             raise
         print(f"error: {one_line(exc)}", file=sys.stderr)
-        return 2
+        return getattr(exc, "exit_code", 2)
     finally:
         # A DataLoader error's traceback is a reference cycle that keeps the loader's iterator (and
         # its worker processes) alive. Collect it now, so the workers are shut down in order instead

@@ -5,11 +5,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from seg_pet.cli.common import add_overrides
+from seg_pet.cli.common import add_overrides, check_paths
 from seg_pet.config import load_config
 from seg_pet.doctor.run import run_doctor
 
 HELP = "check data, model and loss wiring for the classic failure modes"
+PATHS = {"config": ("in", "file"), "out": ("out", "dir")}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -19,4 +20,5 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_paths(args, PATHS)
     return run_doctor(load_config(args.config, args.overrides), out=args.out)

@@ -5,10 +5,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from seg_pet.cli.common import add_overrides
+from seg_pet.cli.common import add_overrides, check_paths
 from seg_pet.evaluation import evaluate_run
 
 HELP = "evaluate a trained run (default: validation split)"
+PATHS = {"run": ("in", "dir"), "checkpoint": ("in", "file"), "out": ("out", "file")}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -21,5 +22,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_paths(args, PATHS)
     evaluate_run(args.run, split=args.split, checkpoint=args.checkpoint, overrides=args.overrides, out=args.out, force=args.force)
     return 0

@@ -10,10 +10,11 @@ import argparse
 import sys
 from pathlib import Path
 
-from seg_pet.cli.common import positive_int
+from seg_pet.cli.common import check_paths, positive_int
 from seg_pet.export import ATOL, MAX_MISMATCH, ONNX_OPSET, VERIFY_IMAGES, VerificationFailed, export_onnx
 
 HELP = "export a trained run to ONNX (+ a JSON sidecar), verified with onnxruntime"
+PATHS = {"run": ("in", "dir"), "checkpoint": ("in", "file"), "out": ("out", "file"), "images": ("in", "file")}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -47,6 +48,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_paths(args, PATHS)
     try:
         export_onnx(
             args.run,

@@ -11,12 +11,12 @@ import argparse
 import sys
 from pathlib import Path
 
-from seg_pet.cli.common import positive_int
+from seg_pet.cli.common import check_paths, positive_int
 from seg_pet.predict import FORMATS, PredictOptions, Predictor, collect_inputs, predict_files
-from seg_pet.runtime.errors import SegPetError
 from seg_pet.tta import TTA_MODES
 
 HELP = "segment image files, folders or glob patterns with a trained run"
+PATHS = {"run": ("in", "dir"), "checkpoint": ("in", "file"), "input": ("in", "any"), "out": ("out", "dir")}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -55,8 +55,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if not args.run.is_dir():
-        raise SegPetError(f"--run {args.run}: no such folder")
+    check_paths(args, PATHS)
     predictor = Predictor.from_run(args.run, checkpoint=args.checkpoint, device=args.device, tta=args.tta)
     inputs = collect_inputs(args.input, exclude=args.out)
     existing = "skip" if args.skip_existing else "overwrite" if args.overwrite else "refuse"

@@ -6,11 +6,12 @@ import argparse
 import sys
 from pathlib import Path
 
-from seg_pet.cli.common import add_overrides
+from seg_pet.cli.common import add_overrides, check_paths
 from seg_pet.runtime.signals import Interrupted
 from seg_pet.study.run import run_study
 
 HELP = "run the CE-vs-Dice loss study grid"
+PATHS = {"config": ("in", "file")}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -20,6 +21,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_paths(args, PATHS)
     try:
         run_study(args.config, args.overrides, overwrite=args.overwrite)
     except Interrupted as exc:  # the finished runs, the summary and the plots are written

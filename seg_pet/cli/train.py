@@ -6,14 +6,15 @@ import argparse
 import sys
 from pathlib import Path
 
-from seg_pet.cli.common import add_overrides, positive_int
+from seg_pet.cli.common import add_overrides, check_paths, positive_int
 from seg_pet.config import Config, load_config
-from seg_pet.runtime.errors import SegPetError
+from seg_pet.runtime.errors import SegPetError, StorageError
 from seg_pet.runtime.signals import Interrupted, Terminated
 from seg_pet.training.rundir import resume_command
 from seg_pet.training.train import train
 
 HELP = "train a model; evaluates the best checkpoint on test once at the end"
+PATHS = {"config": ("in", "file"), "resume": ("in", "dir")}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -23,6 +24,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
     p.add_argument("--stop-after-epoch", type=positive_int, metavar="N",
                    help="exit cleanly once epoch N is saved (the schedule still spans optim.epochs); continue later with --resume")
+    p.add_argument("--dry-run", action="store_true",
+                   help="check the config, paths, run folder, data files, batch plan and model, then exit without writing anything")
 
 
 def load_train_config(args: argparse.Namespace) -> Config:
@@ -43,9 +46,14 @@ def load_train_config(args: argparse.Namespace) -> Config:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_paths(args, PATHS)
     cfg = load_train_config(args)
     try:
-        train(cfg, resume=args.resume is not None, overwrite=args.overwrite, stop_after_epoch=args.stop_after_epoch)
+        train(cfg, resume=args.resume is not None, overwrite=args.overwrite, stop_after_epoch=args.stop_after_epoch, dry_run=args.dry_run)
+    except StorageError as exc:  # a full disk: the run stays resumable from its last complete checkpoint
+        if (cfg.run_dir / "checkpoints" / "last.pt").is_file():
+            raise StorageError(f"{exc}; the run is resumable: {resume_command(cfg.run_dir)}") from None
+        raise
     except Interrupted as exc:
         print(f"\n{exc}", file=sys.stderr)
         return exc.exit_code

@@ -1,16 +1,17 @@
 """Loading a config: YAML -> typed, checked dataclasses (seg_pet.config.schema), plus `--set` overrides.
 
 Every problem is reported as a one-line `ConfigError` naming the key, before anything is
-written to disk. YAML is read only with `yaml.safe_load`, so `!!python/object` tags are refused.
-Each key is checked against its declaration in the schema: type, allowed values, range, and for
-every number that it is finite.
+written to disk. YAML is read only with a `yaml.SafeLoader` (so `!!python/object` tags are
+refused) that also refuses a key given twice in one mapping (plain YAML keeps the last one
+silently); files must be UTF-8. Each key is checked against its declaration in the schema: type,
+allowed values, range, for every number that it is finite (seg_pet.config.numbers), and for every
+string that it holds no control characters (values become file names and log lines).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
-import math
 import re
 import types
 import typing
@@ -19,10 +20,14 @@ from typing import Any, Union
 
 import yaml
 
+from seg_pet.config.numbers import check_class_weights, check_number
 from seg_pet.config.schema import CLASS_WEIGHT_SCHEMES, LOSS_OPTIONS, Config, LossConfig
 from seg_pet.labels import BACKGROUND, class_names
 from seg_pet.runtime.errors import ConfigError
+from seg_pet.runtime.paths import check_text
 
+MAX_WORKERS = 64
+MAX_RUN_NAME = 200
 _FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 
 
@@ -36,12 +41,54 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
     return config_from_dict(raw)
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses a key given twice in one mapping, naming both lines."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[Any, yaml.Mark] = {}
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=True)
+                mark = key_node.start_mark
+                try:
+                    first = seen.setdefault(key, mark)
+                except TypeError:  # an unhashable key: the base class reports it
+                    continue
+                if first is not mark:
+                    where = (f"lines {first.line + 1} and {mark.line + 1}" if first.line != mark.line
+                             else f"line {mark.line + 1}, columns {first.column + 1} and {mark.column + 1}")
+                    raise ConfigError(f"duplicate key {key!r} ({where}); YAML would silently keep the last one")
+        return super().construct_mapping(node, deep=deep)
+
+
+def parse_yaml(text: str) -> Any:
+    """YAML text -> plain data, with the safe loader that refuses duplicate keys (and nesting deep enough to crash it)."""
+    try:
+        return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+    except RecursionError:
+        raise ConfigError("nested too deeply (thousands of levels of [ or {); a config is two levels deep") from None
+
+
+def decode_text(data: bytes, path: Path) -> str:
+    """UTF-8 (a byte-order mark is allowed), or a ConfigError naming the first bad byte's line and column."""
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise ConfigError(f"{path}: not UTF-8 text (byte 0x{data[exc.start]:02x} at line {line}, column {column}); "
+                          "save it as UTF-8") from None
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
+    text = decode_text(path.read_bytes(), path)
     try:
-        data = yaml.safe_load(path.read_text())
+        data = parse_yaml(text)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
     except yaml.YAMLError as exc:
         where = ""
         mark = getattr(exc, "problem_mark", None)
@@ -66,7 +113,9 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
     if not sep or key.count(".") != 1 or not all(key.split(".")):
         raise ConfigError(f"--set {item!r}: expected section.key=value, e.g. optim.lr=0.001")
     try:
-        value = yaml.safe_load(text) if text.strip() else None
+        value = parse_yaml(text) if text.strip() else None
+    except ConfigError as exc:
+        raise ConfigError(f"--set {key}: {exc}") from None
     except yaml.YAMLError:
         raise ConfigError(f"--set {key}: value {text!r} is not valid YAML") from None
     section, name = key.split(".")
@@ -134,29 +183,15 @@ def build_loss_section(values: dict[str, Any]) -> LossConfig:
 
 
 def check_value(key: str, value: Any, meta: typing.Mapping[str, Any]) -> Any:
-    """A typed value against its declaration: finite numbers, allowed values, range."""
-    numbers = value if isinstance(value, list) else [value]
-    for number in numbers:
-        if isinstance(number, float) and not math.isfinite(number):
-            raise ConfigError(f"{key}: must be a finite number, got {number}")
+    """A typed value against its declaration: no control characters, allowed values, finite numbers in range."""
+    for where, text in enumerate(value) if isinstance(value, list) else [(None, value)]:
+        if isinstance(text, str):
+            check_text(text, key if where is None else f"{key}[{where}]", ConfigError)
     choices = meta.get("choices") or ()
     if choices and value not in choices:
         raise ConfigError(f"{key}: must be one of {', '.join(map(str, choices))}; got {value!r}")
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        for bound, ok in _BOUNDS.items():
-            limit = meta.get(bound)
-            if limit is not None and not ok(value, limit):
-                raise ConfigError(f"{key}: must be {describe_range(meta)}, got {value}")
+    check_number(key, value, meta)
     return value
-
-
-_BOUNDS = {"ge": lambda v, b: v >= b, "gt": lambda v, b: v > b, "le": lambda v, b: v <= b, "lt": lambda v, b: v < b}
-_BOUND_WORDS = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<"}
-
-
-def describe_range(meta: typing.Mapping[str, Any]) -> str:
-    """e.g. '> 0 and < 1' from the schema's bounds ('' when unbounded)."""
-    return " and ".join(f"{_BOUND_WORDS[b]} {meta[b]:g}" for b in _BOUND_WORDS if meta.get(b) is not None)
 
 
 def suggest(word: str, options) -> str:
@@ -214,13 +249,15 @@ def validate(cfg: Config) -> None:
     def fail(key: str, message: str) -> None:
         raise ConfigError(f"{key}: {message}")
 
-    if not cfg.run.name or "/" in cfg.run.name or cfg.run.name in (".", ".."):
+    if not cfg.run.name or "/" in cfg.run.name or "\\" in cfg.run.name or cfg.run.name in (".", ".."):
         fail("run.name", f"must be a plain folder name, got {cfg.run.name!r}")
+    if len(cfg.run.name.encode()) > MAX_RUN_NAME:  # the temporary names beside the run folder add about 30 bytes
+        fail("run.name", f"must be at most {MAX_RUN_NAME} bytes long, got {len(cfg.run.name.encode())}")
     if cfg.data.image_size % 32:
         fail("data.image_size", f"must be a positive multiple of 32 (U-Net downsamples 5 times), got {cfg.data.image_size}")
     workers = cfg.data.num_workers
-    if (isinstance(workers, str) and workers != "auto") or (isinstance(workers, int) and workers < 0):
-        fail("data.num_workers", f"must be 'auto' or an integer >= 0, got {workers!r}")
+    if (isinstance(workers, str) and workers != "auto") or (isinstance(workers, int) and not 0 <= workers <= MAX_WORKERS):
+        fail("data.num_workers", f"must be 'auto' or an integer from 0 to {MAX_WORKERS}, got {workers!r}")
     device = cfg.train.device
     if not (device in ("auto", "cpu", "cuda") or (device.startswith("cuda:") and device[5:].isdigit())):
         fail("train.device", f"must be auto, cpu, cuda or cuda:N; got {device!r}")
@@ -244,10 +281,7 @@ def validate_loss(loss: LossConfig, names: list[str]) -> None:
             raise ConfigError(f"loss.class_weights: unknown scheme {weights!r}; choose one of: "
                               f"{', '.join(CLASS_WEIGHT_SCHEMES)}, or a list of {len(names)} numbers")
     elif weights is not None:
-        if len(weights) != len(names):
-            raise ConfigError(f"loss.class_weights: expected {len(names)} weights (one per class: {', '.join(names)}), got {len(weights)}")
-        if not all(w >= 0 for w in weights) or not any(w > 0 for w in weights):
-            raise ConfigError(f"loss.class_weights must be numbers >= 0, not all 0, got {list(weights)}")
+        check_class_weights(weights, names, "loss.class_weights")
     dice_kind = loss.get("dice_variant") if loss.name == "ce_dice" else loss.name
     if dice_kind.startswith("dice_fg") and BACKGROUND not in names:
         raise ConfigError(f"loss {loss.name!r} needs a class named {BACKGROUND!r}; classes are: {', '.join(names)}")

@@ -10,7 +10,7 @@ import dataclasses
 import typing
 from typing import Any
 
-from seg_pet.config.loading import describe_range
+from seg_pet.config.numbers import describe_range
 from seg_pet.config.schema import LOSS_HELP, LOSS_OPTIONS, SECTION_HELP, Config, LossConfig
 
 INTRO = """# Configuration reference

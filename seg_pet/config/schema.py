@@ -29,7 +29,7 @@ DICE_VARIANTS = ("dice", "dice_sq", "dice_fg", "dice_fg_sq")
 class RunConfig:
     name: str = option("pet_unet", "run folder name; the run folder is exactly `<run.output_dir>/<run.name>/`")
     output_dir: str = option("outputs", "parent of run folders")
-    seed: int = option(0, "seeds python, numpy, torch, the validation split, shuffling and augmentation", ge=0)
+    seed: int = option(0, "seeds python, numpy, torch, the validation split, shuffling and augmentation", ge=0, le=2**32 - 1)
 
 
 @dataclass
@@ -38,13 +38,13 @@ class DataConfig:
                          choices=("oxford", "synthetic"))
     root: str = option("data", "the folder that holds `oxford-iiit-pet/`")
     download: bool = option(False, "download the dataset with torchvision when it is missing")
-    image_size: int = option(256, "training and evaluation size in pixels; a multiple of 32 (the U-Net downsamples 5 times)", ge=32)
+    image_size: int = option(256, "training and evaluation size in pixels; a multiple of 32 (the U-Net downsamples 5 times)", ge=32, le=2048)
     val_fraction: float = option(0.1, "share of trainval held out for validation, stratified by breed", gt=0.0, lt=1.0)
     border: str = option("class", "the trimap's border ring: `class` (3 classes), `ignore` (left out of loss and metrics), "
                                   "`pet` (merged into pet)", choices=("class", "ignore", "pet"))
-    batch_size: int = option(16, "images per training step", ge=1)
+    batch_size: int = option(16, "images per training step", ge=1, le=4096)
     num_workers: Union[int, str] = option("auto", "DataLoader workers; `auto` = usable CPUs - 1, at most 16")
-    synthetic_images: int = option(60, "images generated for `data.source: synthetic`", ge=8)
+    synthetic_images: int = option(60, "images generated for `data.source: synthetic`", ge=8, le=10_000)
     cache: str = option("none", "decoded-image cache: `none`, `memory`, `disk`, or `device` (kept on the training device, "
                                 "batches augmented there)", choices=("none", "memory", "disk", "device"))
 
@@ -61,6 +61,9 @@ class ModelConfig:
 _SMOOTHING = "CE label smoothing"
 _WEIGHTS = "class weights: a scheme (`inverse`, `median`, `sqrt_inverse`, from training-split pixel counts) or one number per class"
 _CLASSES = "class names whose Dice terms are averaged (default: all)"
+# Upper bounds where a larger value can only be a typo and would overflow float32 in the loss (NaN, exit 1).
+_MAX_WEIGHT = 1e6
+_MAX_WEIGHT_TERM = 1000.0
 
 
 @dataclass
@@ -71,13 +74,13 @@ class NoOptions:
 @dataclass
 class CEOptions:
     label_smoothing: float = option(0.0, _SMOOTHING, ge=0.0, lt=1.0)
-    class_weights: Union[str, list[float], None] = option(None, _WEIGHTS)
+    class_weights: Union[str, list[float], None] = option(None, _WEIGHTS, ge=0.0, le=_MAX_WEIGHT)
 
 
 @dataclass
 class WCEOptions:
     label_smoothing: float = option(0.0, _SMOOTHING, ge=0.0, lt=1.0)
-    class_weights: Union[str, list[float]] = option("inverse", _WEIGHTS)
+    class_weights: Union[str, list[float]] = option("inverse", _WEIGHTS, ge=0.0, le=_MAX_WEIGHT)
 
 
 @dataclass
@@ -88,21 +91,21 @@ class ClassesOptions:
 @dataclass
 class CEDiceOptions:
     label_smoothing: float = option(0.0, _SMOOTHING, ge=0.0, lt=1.0)
-    class_weights: Union[str, list[float], None] = option(None, _WEIGHTS)
-    dice_weight: float = option(1.0, "weight of the Dice term: loss = CE + dice_weight * Dice", ge=0.0)
+    class_weights: Union[str, list[float], None] = option(None, _WEIGHTS, ge=0.0, le=_MAX_WEIGHT)
+    dice_weight: float = option(1.0, "weight of the Dice term: loss = CE + dice_weight * Dice", ge=0.0, le=_MAX_WEIGHT_TERM)
     dice_variant: str = option("dice", "which Dice is added to CE", choices=DICE_VARIANTS)
 
 
 @dataclass
 class FocalOptions:
-    gamma: float = option(2.0, "focusing parameter", ge=0.0)
-    class_weights: Union[str, list[float], None] = option(None, _WEIGHTS)
+    gamma: float = option(2.0, "focusing parameter", ge=0.0, le=_MAX_WEIGHT_TERM)
+    class_weights: Union[str, list[float], None] = option(None, _WEIGHTS, ge=0.0, le=_MAX_WEIGHT)
 
 
 @dataclass
 class TverskyOptions:
-    alpha: float = option(0.5, "weight of false positives", ge=0.0)
-    beta: float = option(0.5, "weight of false negatives", ge=0.0)
+    alpha: float = option(0.5, "weight of false positives", ge=0.0, le=_MAX_WEIGHT_TERM)
+    beta: float = option(0.5, "weight of false negatives", ge=0.0, le=_MAX_WEIGHT_TERM)
     classes: Optional[list[str]] = option(None, _CLASSES)
 
 

@@ -36,18 +36,18 @@ Written by hand: neither torch nor torchvision has a decoded-dataset cache.
 from __future__ import annotations
 
 import hashlib
-import os
-import stat
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from seg_pet.data.transforms import normalise_batch
 from seg_pet.runtime.errors import DataError
 from seg_pet.runtime.fileio import atomic_path
-from seg_pet.data.transforms import normalise_batch
+from seg_pet.runtime.paths import is_writable_dir
 
 FORMAT_VERSION = 1  # bump when what is stored changes, so old files are not read
 CACHE_DIRNAME = ".seg_pet_cache"
@@ -73,21 +73,12 @@ def cache_file_name(dataset: Any) -> str:
     return f"{prepare.mode}{size}-{len(dataset)}img-{cache_key(dataset)}.pt"
 
 
-def _writable(folder: Path) -> bool:
-    # root passes os.access for every folder; a folder without any write bit has been marked
-    # read-only on purpose (e.g. a shared dataset), so that is respected even as root.
-    try:
-        mode = folder.stat().st_mode
-    except OSError:
-        return False
-    return stat.S_ISDIR(mode) and bool(mode & 0o222) and os.access(folder, os.W_OK)
-
-
 def disk_cache_dir(data_root: str | Path, run_dir: Optional[str | Path] = None) -> Path:
     """`<data.root>/.seg_pet_cache`, or `<run_dir>/cache` when data.root is read-only."""
     data_root = Path(data_root)
     inside_root = data_root / CACHE_DIRNAME
-    if _writable(inside_root) or (not inside_root.exists() and _writable(data_root)):
+    # is_writable_dir: a folder without any write bit was marked read-only on purpose (a shared dataset), even for root.
+    if is_writable_dir(inside_root) or (not inside_root.exists() and is_writable_dir(data_root)):
         return inside_root
     if run_dir is None:
         raise DataError(f"data.cache: disk: {data_root} is read-only and there is no run folder to hold the cache; use data.cache: memory")

@@ -11,9 +11,10 @@ from __future__ import annotations
 import contextlib
 import random
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 import numpy as np
 import torch
@@ -23,9 +24,11 @@ from torchvision import tv_tensors
 from torchvision.datasets import OxfordIIITPet
 
 from seg_pet.config import Config, DataConfig
-from seg_pet.runtime.errors import DataError
-from seg_pet.labels import IGNORE_INDEX, trimap_lut
+from seg_pet.config.numbers import check_split_sizes
 from seg_pet.data.transforms import eval_cache_resize, eval_transforms, native_eval_transforms, train_cache_resize, train_transforms
+from seg_pet.labels import trimap_lut
+from seg_pet.runtime.errors import DataError, SegPetError
+from seg_pet.runtime.paths import check_input
 
 PET_URL = "https://www.robots.ox.ac.uk/~vgg/data/pets/"
 
@@ -134,20 +137,27 @@ def preflight(split: SplitFiles) -> None:
     Only headers are read here (PIL opens lazily); pixel problems are reported when the file is decoded.
     """
     for image_path, trimap_path in zip(split.images, split.trimaps):
-        for path, kind in ((image_path, "image"), (trimap_path, "trimap")):
-            if not path.is_file():
-                raise DataError(f"{kind} file missing: {path} (listed in {split.list_file.name})")
-        try:
-            with Image.open(image_path) as im:
-                image_size = im.size
-            with Image.open(trimap_path) as tm:
-                trimap_size = tm.size
-        except (UnidentifiedImageError, OSError) as exc:
-            raise DataError(f"cannot read {exc.filename or image_path}: not an image file") from None
+        image_size, trimap_size = (_header_size(path, kind, split) for path, kind in ((image_path, "image"), (trimap_path, "trimap")))
         if image_size != trimap_size:
             raise DataError(
                 f"trimap {trimap_path} is {trimap_size[0]}x{trimap_size[1]} but its image is {image_size[0]}x{image_size[1]}"
             )
+
+
+def _header_size(path: Path, kind: str, split: SplitFiles) -> tuple[int, int]:
+    """(width, height) from the file's header: it exists, is readable, and is an image (pixels are not decoded)."""
+    if not path.exists():
+        raise DataError(f"{kind} file missing: {path} (listed in {split.list_file.name})")
+    if not path.is_file():
+        raise DataError(f"{kind} file {path}: is a folder, expected a file (listed in {split.list_file.name})")
+    try:
+        check_input(path, f"{kind} file")
+        with Image.open(path) as im:
+            return im.size
+    except SegPetError as exc:
+        raise DataError(str(exc)) from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+        raise DataError(f"cannot read {path}: not an image file") from None
 
 
 # --------------------------------------------------------------------------- dataset
@@ -235,6 +245,7 @@ def train_val_datasets(trainval: SplitFiles, cfg: Config, check_files: bool = Tr
     if len(trainval) < 2:
         raise DataError(f"{trainval.list_file} lists {len(trainval)} images; need at least 2")
     train_idx, val_idx = stratified_split(trainval.groups, cfg.data.val_fraction, cfg.run.seed)
+    check_split_sizes(cfg, len(train_idx), len(val_idx))
     size, border = cfg.data.image_size, cfg.data.border
     return {
         "train": PetSegmentation(trainval, train_idx, border, train_transforms(size), prepare=train_cache_resize(size)),

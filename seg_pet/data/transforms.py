@@ -17,8 +17,10 @@ from typing import Optional
 import numpy as np
 import torch
 from torchvision import tv_tensors
-from torchvision.transforms import RandomResizedCrop  # v1: its get_params is the public per-image sampler
-from torchvision.transforms import v2
+from torchvision.transforms import (
+    RandomResizedCrop,  # v1: its get_params is the public per-image sampler
+    v2,
+)
 from torchvision.transforms.v2 import functional as F
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import torch
 
+from seg_pet.config.numbers import plan_batches
 from seg_pet.data.loaders import count_pixels, make_loader, resolve_num_workers
 from seg_pet.data.sources import build_datasets
 from seg_pet.doctor.checks import (
@@ -82,7 +84,7 @@ def _doctor(cfg: Any, device: torch.device, out: Optional[Path], log: Callable[[
 
     # A batch exactly as `train` builds it: same loader, same epoch-1 seed, same transforms.
     workers = resolve_num_workers(cfg.data.num_workers)
-    batch_size = min(cfg.data.batch_size, len(train_set))
+    batch_size = plan_batches(cfg, len(train_set)).batch_size  # one line, not a BatchNorm traceback, for a batch it cannot take
     loader = make_loader(train_set, batch_size, shuffle=True, num_workers=workers, seed=epoch_seed(cfg.run.seed, 1), drop_last=True)
     images, targets = next(iter(loader))
     record(_guarded("masks", lambda: check_masks(targets, num_classes)))

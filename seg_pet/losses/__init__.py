@@ -27,7 +27,8 @@ Behaviour of the smp losses used here, read from smp 0.6.0's source and pinned b
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any, Optional
 
 import segmentation_models_pytorch as smp
 import torch

@@ -1,8 +1,16 @@
-"""The error types the CLI knows: each prints as one line and exits with code 2."""
+"""The error types the CLI knows: each prints as one line and exits with its `exit_code`.
+
+    SegPetError      bad input (config, data, checkpoint, flag, path): exit 2
+    StorageError     the machine refused a write (disk full, read-only, quota): exit 3; what was
+                     there before is unchanged (writes are atomic), and a run stays resumable
+    TrainingDiverged the loss became NaN or Inf: exit 1
+"""
 
 
 class SegPetError(Exception):
     """A user-facing error (bad config, data, checkpoint, flag). The message is one line."""
+
+    exit_code = 2
 
 
 class ConfigError(SegPetError):
@@ -15,6 +23,12 @@ class DataError(SegPetError):
 
 class CheckpointError(SegPetError):
     """A checkpoint is missing, truncated, not a checkpoint, or does not fit the model."""
+
+
+class StorageError(SegPetError):
+    """A file could not be written (no space left, read-only filesystem, quota): the environment, not the input."""
+
+    exit_code = 3
 
 
 def is_input_error(exc: BaseException) -> bool:

@@ -5,23 +5,52 @@ write to a temporary file in the same folder, flush, then `os.replace` (atomic o
 and Windows when source and target are on one filesystem). Temporary files are named
 `.NAME.partial-XXXX`; a process killed mid-write leaves one behind, which
 `remove_partial_files` deletes (training does so when it resumes a run).
+
+A write the machine refuses (no space left, quota, read-only filesystem, I/O error) becomes a
+one-line `StorageError` naming the file; the temporary file is removed and the old file stays.
+
+Modes: files get 0666 minus the umask (0644 with the usual umask 022), folders 0777 minus the
+umask (0755), as plain `open()` and `mkdir` would; `private_tempdir`'s owner-only folders are
+opened up to that mode when they become real folders (`share_folder`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import math
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
+
+from seg_pet.runtime.errors import StorageError
 
 PARTIAL_MARK = ".partial-"
+# What a full or refusing disk raises; other OSErrors (a missing folder, a bug) are not the machine's fault.
+STORAGE_ERRNOS = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded", errno.EROFS: "read-only file system",
+                  errno.EFBIG: "file too large", errno.EIO: "input/output error", errno.EACCES: "permission denied",
+                  errno.EPERM: "operation not permitted"}
 
 
 def _partial_prefix(path: Path) -> str:
     return f".{path.name}{PARTIAL_MARK}"
+
+
+def partial_name(path: Path) -> str:
+    """The longest name a temporary file of an atomic write of `path` gets (8 random characters)."""
+    return f"{_partial_prefix(path)}{'x' * 8}{path.suffix}"
+
+
+def storage_error(path: str | os.PathLike, exc: OSError) -> StorageError | None:
+    """A one-line StorageError for a write the machine refused, or None when `exc` is some other error."""
+    reason = STORAGE_ERRNOS.get(exc.errno)
+    if reason is None:
+        return None
+    advice = "free some space" if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG) else "check the disk and its permissions"
+    return StorageError(f"cannot write {path}: {reason}; the previous file is unchanged; {advice}, then run the command again")
 
 
 def is_partial_file(path: str | os.PathLike) -> bool:
@@ -41,19 +70,31 @@ def remove_partial_files(folder: str | os.PathLike) -> list[Path]:
     return removed
 
 
-def _default_mode() -> int:
-    """The permissions a plain open() would give (mkstemp makes files private, 0600)."""
+def _umask() -> int:
     umask = os.umask(0)
     os.umask(umask)
-    return 0o666 & ~umask
+    return umask
+
+
+def _default_mode() -> int:
+    """The permissions a plain open() would give (mkstemp makes files private, 0600)."""
+    return 0o666 & ~_umask()
+
+
+def share_folder(folder: str | os.PathLike) -> None:
+    """Give a folder made by tempfile.mkdtemp (0700) the mode a plain mkdir would (0777 minus the umask)."""
+    os.chmod(folder, 0o777 & ~_umask())
 
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside `path` for libraries that want a filename (matplotlib, torch.save)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_partial_prefix(path), suffix=path.suffix)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_partial_prefix(path), suffix=path.suffix)
+    except OSError as exc:
+        raise storage_error(path, exc) or exc from None
     os.close(fd)
     try:
         yield Path(tmp)
@@ -61,9 +102,11 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             os.fsync(f.fileno())
         os.chmod(tmp, _default_mode())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(exc, OSError) and storage_error(path, exc) is not None:
+            raise storage_error(path, exc) from None
         raise
 
 

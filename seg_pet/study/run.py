@@ -12,7 +12,6 @@ from __future__ import annotations
 import csv
 import io
 import math
-import os
 import shutil
 import statistics
 import time
@@ -27,6 +26,7 @@ from tqdm import tqdm
 from seg_pet.runtime.device import resolve_device
 from seg_pet.runtime.errors import SegPetError
 from seg_pet.runtime.fileio import atomic_write
+from seg_pet.runtime.paths import check_output
 from seg_pet.runtime.signals import DeferredStop, Interrupted
 from seg_pet.study.config import CONFIG_NAME, StudyConfig, load_study_config, study_config_to_dict, study_optimizer
 from seg_pet.study.losses import build_losses
@@ -110,12 +110,8 @@ def run_row(run: dict[str, Any], task: StudyTask, steps: list[dict[str, Any]], e
 
 def check_out_dir(out_dir: Path, overwrite: bool) -> None:
     """Before any work: the study folder can be created (no file in the way, writable) and is not overwritten by accident."""
-    existing = next(p for p in (out_dir, *out_dir.parents) if p.exists())
-    if not existing.is_dir():
-        raise SegPetError(f"study folder {out_dir}: {existing} is a file, not a folder; choose another study.output_dir or study.name")
-    if not os.access(existing, os.W_OK):
-        raise SegPetError(f"study folder {out_dir}: cannot write to {existing}")
-    if existing == out_dir and any(out_dir.iterdir()):
+    check_output(out_dir, "study folder (study.output_dir / study.name)", "dir")  # no file in the way, writable
+    if out_dir.is_dir() and any(out_dir.iterdir()):
         if not overwrite:
             raise SegPetError(f"study folder {out_dir} already exists; replace it with --overwrite, or choose another study.name")
         if not (out_dir / CONFIG_NAME).is_file():

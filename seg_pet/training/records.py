@@ -6,10 +6,12 @@ import csv
 import dataclasses
 import json
 import math
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from seg_pet.runtime.errors import CheckpointError
 from seg_pet.runtime.fileio import atomic_write, to_jsonable
 from seg_pet.viz import plot_curves
 
@@ -33,6 +35,42 @@ class EpochRecord:
 
     def row(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def check_history(rows: list[Any], epoch: int, path: Path) -> list[dict[str, Any]]:
+    """A checkpoint's history: one EpochRecord row for each of epochs 1..epoch, with EpochRecord's types."""
+    hints = typing.get_type_hints(EpochRecord)
+
+    def fail(where: str, expected: str, got: Any) -> None:
+        raise CheckpointError(f"{path} is not a seg_pet checkpoint (history{where}: expected {expected}, got {got})")
+
+    if len(rows) != epoch:
+        fail("", f"{epoch} rows (one per finished epoch)", len(rows))
+    for i, row in enumerate(rows):
+        for name, hint in hints.items():
+            value = row.get(name) if isinstance(row, dict) else None
+            expected = typing.get_origin(hint) or hint
+            items = list(value.values()) if isinstance(value, dict) else value if isinstance(value, list) else []
+            if expected is float:
+                ok = _is_number(value)
+            elif expected is dict:
+                ok = isinstance(value, dict) and all(v is None or _is_number(v) for v in items)
+            elif expected is list:
+                ok = isinstance(value, list) and all(isinstance(v, str) for v in items)
+            else:
+                ok = isinstance(value, expected) and not isinstance(value, bool)
+            if not ok:
+                fail(f"[{i}].{name}", _EXPECTED.get(expected, expected.__name__), type(value).__name__)
+        if row["epoch"] != i + 1:
+            fail(f"[{i}].epoch", i + 1, row["epoch"])
+    return [dict(row) for row in rows]
+
+
+_EXPECTED = {float: "a number", dict: "a mapping of numbers", list: "a list of strings"}
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def write_epoch_outputs(run_dir: Path, rows: list[dict[str, Any]], names: list[str]) -> None:

@@ -1,16 +1,34 @@
-"""The run folder's rules: when one may be created, replaced or resumed, and how it appears atomically."""
+"""The run folder's rules: when one may be created, replaced or resumed, and how it appears atomically.
+
+    check_run_dir        before anything is built: the paths are the right kind, --resume / --overwrite fit
+    create_run_dir       the run folder appears complete or not at all; returns a `NewRunFolder`
+    NewRunFolder.abandon the new run failed on bad input before its first epoch: it goes, the run it
+                         replaced comes back, and folders made for it go too
+    discard_replaced_runs
+                         the new run has a finished epoch: the run it replaced is deleted
+
+With --overwrite the old run is moved aside (hidden, `.NAME.replaced-*` beside the run folder) and
+kept until the new run has saved a finished epoch, so a data error found only when a file is
+decoded never leaves the user with neither run.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 import shutil
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from seg_pet.checkpoint import load_checkpoint, save_checkpoint
 from seg_pet.runtime.errors import CheckpointError, SegPetError
+from seg_pet.runtime.fileio import share_folder
+from seg_pet.runtime.paths import check_input, check_output
+
+REPLACED_MARK = ".replaced-"
 
 
 def resume_command(run_dir: Path) -> str:
@@ -19,9 +37,13 @@ def resume_command(run_dir: Path) -> str:
 
 def check_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
     if resume:
+        check_input(run_dir, "--resume", "dir")
         if not (run_dir / "config.yaml").is_file():
             raise SegPetError(f"--resume {run_dir}: not a seg_pet run folder (no config.yaml)")
+        check_output(run_dir, "--resume", "dir", run_folder=True)
         return
+    check_output(run_dir.parent, "run.output_dir", "dir")
+    check_output(run_dir, "run folder", "dir", run_folder=True)
     if run_dir.exists() and any(run_dir.iterdir()):
         if not overwrite:
             raise SegPetError(
@@ -32,31 +54,59 @@ def check_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
             raise SegPetError(f"--overwrite: {run_dir} is not a seg_pet run folder (no config.yaml); refusing to delete it")
 
 
-def create_run_dir(run_dir: Path, write_initial) -> None:
+@dataclass
+class NewRunFolder:
+    """A run folder create_run_dir just made, the run it replaced (moved aside), and the parent folders made for it."""
+
+    run_dir: Path
+    replaced: Optional[Path] = None
+    made_parents: list[Path] = field(default_factory=list)  # deepest first
+
+    def abandon(self) -> None:
+        """Take the new run away again: the replaced run (if any) is put back, empty parents made for it are removed."""
+        shutil.rmtree(self.run_dir, ignore_errors=True)
+        if self.replaced is not None and self.replaced.is_dir():
+            os.replace(self.replaced, self.run_dir)
+        for folder in self.made_parents:
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # only when empty
+
+
+def create_run_dir(run_dir: Path, write_initial) -> NewRunFolder:
     """Make the run folder appear complete or not at all.
 
     `write_initial(folder)` fills a hidden staging folder beside `run_dir` (config.yaml, the
     epoch-0 last.pt, ...), which is then renamed into place; an existing run (--overwrite,
-    checked by check_run_dir) is swapped out first and deleted after. A process killed at any
-    instant leaves either no run folder, the old one, or a new one that --resume accepts.
+    checked by check_run_dir) is moved aside to `.NAME.replaced-*` first, and deleted once the new
+    run has a finished epoch (discard_replaced_runs). A process killed at any instant leaves either
+    no run folder, the old one, or a new one that --resume accepts (and perhaps the old one aside).
+    The folder gets the mode a plain mkdir would (0777 minus the umask).
     """
     parent = run_dir.parent
+    made = NewRunFolder(run_dir, made_parents=[p for p in (parent, *parent.parents) if not p.exists()])
     parent.mkdir(parents=True, exist_ok=True)
     for stale in parent.glob(f".{run_dir.name}.staging-*"):  # left by a process killed during setup
         shutil.rmtree(stale, ignore_errors=True)
     staging = Path(tempfile.mkdtemp(dir=parent, prefix=f".{run_dir.name}.staging-"))
     try:
+        share_folder(staging)
         write_initial(staging)
         if run_dir.exists():
-            old = Path(tempfile.mkdtemp(dir=parent, prefix=f".{run_dir.name}.staging-old-"))
-            os.replace(run_dir, old)  # onto the empty folder just made
-            os.replace(staging, run_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(staging, run_dir)
+            made.replaced = Path(tempfile.mkdtemp(dir=parent, prefix=f".{run_dir.name}{REPLACED_MARK}"))
+            os.replace(run_dir, made.replaced)  # onto the empty folder just made
+        os.replace(staging, run_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
+        if not run_dir.exists():
+            made.abandon()
         raise
+    return made
+
+
+def discard_replaced_runs(run_dir: Path) -> None:
+    """Delete the runs --overwrite moved aside for this run folder (the new run is known good)."""
+    for old in run_dir.parent.glob(f".{run_dir.name}{REPLACED_MARK}*"):
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def repair_best_checkpoint(run_dir: Path, last_state: dict[str, Any]) -> bool:

@@ -8,15 +8,17 @@ exact inverses, which is what makes `--resume` continue bit-for-bit (RNG states 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import torch
 from torch import nn
 
 from seg_pet.checkpoint import load_checkpoint, load_model_weights
 from seg_pet.config import Config, config_to_dict, dump_config
+from seg_pet.config.numbers import check_class_weights, plan_batches
 from seg_pet.data.loaders import count_pixels, resolve_num_workers
 from seg_pet.data.oxford import PetSegmentation
 from seg_pet.losses import build_loss, compute_class_weights, needs_class_weights
@@ -26,7 +28,13 @@ from seg_pet.runtime.errors import CheckpointError, SegPetError
 from seg_pet.runtime.fileio import atomic_write, remove_partial_files
 from seg_pet.runtime.seeding import rng_state, set_rng_state
 from seg_pet.training.optim import build_optimizer, build_scheduler
+from seg_pet.training.records import check_history
 from seg_pet.training.rundir import repair_best_checkpoint
+
+
+def first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 @dataclass
@@ -57,7 +65,7 @@ def load_resume_state(run_dir: Path, cfg: Config, stop_after_epoch: Optional[int
     last = run_dir / "checkpoints" / "last.pt"
     if not last.is_file():
         raise CheckpointError(f"--resume {run_dir}: no checkpoints/last.pt to resume from")
-    state = load_checkpoint(last)
+    state = load_checkpoint(last, resume=True)
     if stop_after_epoch is not None and stop_after_epoch <= state["epoch"]:
         raise SegPetError(f"--stop-after-epoch {stop_after_epoch}: {run_dir} has already finished epoch {state['epoch']}")
     saved_optim = state["config"].get("optim", {}).get("name")
@@ -69,31 +77,31 @@ def load_resume_state(run_dir: Path, cfg: Config, stop_after_epoch: Optional[int
 def build_setup(cfg: Config, names: list[str], runtime: Runtime, train_set: PetSegmentation, resume_state: Optional[dict[str, Any]],
                 log: Callable[[str], None]) -> Setup:
     """Class weights, model, loss, optimiser and schedule, in the order that fixes the RNG stream."""
+    plan = plan_batches(cfg, len(train_set))
     pixel_counts = weights = None
     if needs_class_weights(cfg.loss):
         if resume_state is not None and resume_state.get("class_weights") is not None:
             pixel_counts, weights = resume_state["pixel_counts"], resume_state["class_weights"]
+            source = f"{cfg.run_dir / 'checkpoints' / 'last.pt'} class_weights"
         else:
             pixel_counts = count_pixels(train_set, len(names))
             weights = compute_class_weights(cfg.loss.get("class_weights"), pixel_counts)
+            source = f"loss.class_weights: {cfg.loss.get('class_weights')} (from training-split pixel counts)"
+        weights = check_class_weights(weights, names, source)
         log("class weights (from training-split pixel counts): " + ", ".join(f"{n} {w:.3f} ({c} px)" for n, w, c in zip(names, weights, pixel_counts)))
     model = runtime.place(build_model(cfg.model, len(names)))
     loss_fn = build_loss(cfg.loss, names, weights).to(runtime.device)  # class weights are buffers: follow the logits
     o = cfg.optim
     optimizer = build_optimizer(o.name, model.parameters(), lr=o.lr, weight_decay=o.weight_decay, momentum=o.momentum)
-    batch_size = min(cfg.data.batch_size, len(train_set))
-    steps_per_epoch = len(train_set) // batch_size
-    if cfg.train.max_steps_per_epoch:
-        steps_per_epoch = min(steps_per_epoch, cfg.train.max_steps_per_epoch)
     return Setup(
         model=model,
         step_model=torch.compile(model) if cfg.train.compile else model,
         loss_fn=loss_fn,
         optimizer=optimizer,
-        scheduler=build_scheduler(o.scheduler, optimizer, steps_per_epoch * o.epochs),
+        scheduler=build_scheduler(o.scheduler, optimizer, plan.total_steps),
         scaler=runtime.grad_scaler(),
-        batch_size=batch_size,
-        steps_per_epoch=steps_per_epoch,
+        batch_size=plan.batch_size,
+        steps_per_epoch=plan.steps_per_epoch,
         workers=resolve_num_workers(cfg.data.num_workers),
         pixel_counts=pixel_counts,
         class_weights=weights,
@@ -130,11 +138,15 @@ def restore(setup: Setup, state: dict[str, Any], cfg: Config, names: list[str], 
             setup.scheduler.load_state_dict(state["scheduler"])
         if setup.scaler is not None and state.get("scaler"):
             setup.scaler.load_state_dict(state["scaler"])
-    except (ValueError, KeyError, RuntimeError, TypeError) as exc:
-        raise CheckpointError(f"{last}: the optimiser/scheduler state does not fit the config ({str(exc).splitlines()[0]}); "
+    except (ValueError, KeyError, RuntimeError, TypeError, AttributeError, IndexError) as exc:
+        raise CheckpointError(f"{last}: the optimiser/scheduler state does not fit the config ({first_line(exc)}); "
                               "was an optim.* key changed since the run started?") from None
-    set_rng_state(state["rng"])
-    progress = Progress(state["epoch"] + 1, state["best_miou"], state["best_epoch"], list(state["history"]))
+    history = check_history(state["history"], state["epoch"], last)
+    try:
+        set_rng_state(state["rng"])
+    except (ValueError, KeyError, RuntimeError, TypeError, IndexError) as exc:
+        raise CheckpointError(f"{last} is not a seg_pet checkpoint (rng: {first_line(exc)})") from None
+    progress = Progress(state["epoch"] + 1, state["best_miou"], state["best_epoch"], history)
     # Leftovers of a killed process: temporary files of unfinished writes, a best.pt one step behind.
     remove_partial_files(run_dir)
     if repair_best_checkpoint(run_dir, state):

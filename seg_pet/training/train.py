@@ -12,7 +12,6 @@ run folder is created, so a refused run leaves nothing behind. Files are written
 from __future__ import annotations
 
 import math
-import shutil
 import time
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -37,22 +36,23 @@ from seg_pet.runtime.errors import SegPetError, TrainingDiverged, is_input_error
 from seg_pet.runtime.fileio import atomic_write, write_json
 from seg_pet.runtime.seeding import seed_everything
 from seg_pet.runtime.signals import DeferredStop, Interrupted, signals_raise
+from seg_pet.testlog import LOG_NAME, earlier_looks, record_test_evaluation
 from seg_pet.training.loop import train_one_epoch
 from seg_pet.training.monitors import epoch_warnings
 from seg_pet.training.records import EpochRecord, console_line, write_epoch_outputs
-from seg_pet.training.rundir import check_run_dir, create_run_dir, resume_command
+from seg_pet.training.rundir import NewRunFolder, check_run_dir, create_run_dir, discard_replaced_runs, resume_command
 from seg_pet.training.state import Progress, Setup, build_setup, checkpoint_state, load_resume_state, restore
 from seg_pet.viz import save_overlay, save_panel
 
 
 def train(cfg: Config, *, resume: bool = False, overwrite: bool = False, stop_after_epoch: Optional[int] = None,
-          log: Callable[[str], None] = print) -> dict[str, Any]:
+          dry_run: bool = False, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Train, validate every epoch, keep best/last checkpoints, then evaluate best.pt on test once.
 
     `stop_after_epoch` ends the process cleanly once that epoch is saved (no test evaluation);
     `--resume` continues exactly where it stopped, with the schedule of the full `optim.epochs`.
     Returns the test metrics ({} when stopped early). Raises SegPetError (bad input),
-    TrainingDiverged, Interrupted.
+    TrainingDiverged, Interrupted. `dry_run`: every check up to here, then return {} having written nothing.
     """
     run_dir, master_process = cfg.run_dir, is_main()
     check_run_dir(run_dir, resume, overwrite)
@@ -64,12 +64,16 @@ def train(cfg: Config, *, resume: bool = False, overwrite: bool = False, stop_af
     datasets = build_datasets(cfg)
     test_set = build_test_dataset(cfg)  # file checks only: no test pixel is read until the end
     setup = build_setup(cfg, names, runtime, datasets["train"], resume_state, log)
+    if dry_run:
+        log(f"dry run: config, paths, run folder, data files, batch plan and model checked; nothing written ({run_dir})")
+        return {}
+    run_folder: Optional[NewRunFolder] = None
     if resume_state is not None:
         progress = restore(setup, resume_state, cfg, names, run_dir, log)
     else:
         progress = Progress()
         if master_process:
-            create_run_dir(run_dir, lambda folder: write_initial_files(folder, cfg, setup, progress, names))
+            run_folder = create_run_dir(run_dir, lambda folder: write_initial_files(folder, cfg, setup, progress, names))
     log(f"run {run_dir}: {len(datasets['train'])} train / {len(datasets['val'])} val images, classes {names}, {runtime.describe()}")
 
     with DeferredStop() as stop:
@@ -116,9 +120,10 @@ def train(cfg: Config, *, resume: bool = False, overwrite: bool = False, stop_af
                                    "Try a lower optim.lr, optim.grad_clip, or train.amp: false") from None
         except (SegPetError, RuntimeError) as exc:
             # Bad input found while reading pixels (a truncated image, a trimap value outside 1..3; a DataLoader
-            # worker re-raises it with its type). If no epoch finished in this new run, take the folder away again.
-            if resume_state is None and not progress.rows and is_input_error(exc) and master_process:
-                shutil.rmtree(run_dir, ignore_errors=True)
+            # worker re-raises it with its type). If no epoch finished in this new run, take the folder away again
+            # (and put back the run --overwrite replaced).
+            if run_folder is not None and not progress.rows and is_input_error(exc):
+                run_folder.abandon()
             raise
     return test_once(setup.model, test_set, cfg, runtime, names, log) if master_process else {}
 
@@ -146,10 +151,13 @@ def train_epoch(setup: Setup, loader, runtime: Runtime, cfg: Config, epoch: int,
 
 
 def save_epoch_checkpoints(run_dir: Path, state: dict[str, Any], improved: bool) -> None:
-    """last.pt first: if the process dies before best.pt is written, resume rewrites best.pt from it."""
+    """last.pt first: if the process dies before best.pt is written, resume rewrites best.pt from it.
+
+    With a finished epoch saved the new run is known good: a run --overwrite moved aside goes."""
     save_checkpoint(run_dir / "checkpoints" / "last.pt", state)
     if improved:
         save_checkpoint(run_dir / "checkpoints" / "best.pt", state)
+    discard_replaced_runs(run_dir)
 
 
 def saved_note(run_dir: Path, epoch: int) -> str:
@@ -167,9 +175,14 @@ def test_once(model, test_set: PetSegmentation, cfg: Config, runtime: Runtime, n
     with signals_raise(f"{when}; {saved_note(run_dir, cfg.optim.epochs)}"):
         best_state = load_checkpoint(best_path)
         load_model_weights(model, best_state, best_path, names)
+        earlier = earlier_looks(run_dir, cfg, cfg)
         test_metrics = evaluate_split(model, test_set, cfg, runtime, names, desc="test")
-        test_metrics = {"split": "test", "checkpoint": "best", "checkpoint_epoch": best_state["epoch"], **test_metrics}
+        test_metrics = {"split": "test", "checkpoint": "best", "checkpoint_epoch": best_state["epoch"],
+                        "earlier_test_evaluations": len(earlier), **test_metrics}
+        record_test_evaluation(run_dir, cfg, command="train", checkpoint=best_path, epoch=best_state["epoch"], forced=False)
         write_test_outputs(run_dir, test_metrics, names)  # atomic files, test_metrics.json last
+    if earlier:
+        log(f"\nnote: this test set was evaluated {len(earlier)} time(s) before this final evaluation ({LOG_NAME})")
     log(f"\ntest split, best checkpoint (epoch {best_state['epoch']}), {test_metrics['num_images']} images:")
     log(format_table(test_metrics, names))
     return test_metrics

@@ -22,7 +22,7 @@ from seg_pet.checkpoint import load_checkpoint, save_checkpoint
 from seg_pet.cli import main
 from seg_pet.runtime.errors import CheckpointError
 from seg_pet.runtime.fileio import atomic_write, remove_partial_files
-from seg_pet.training.rundir import create_run_dir, repair_best_checkpoint
+from seg_pet.training.rundir import create_run_dir, discard_replaced_runs, repair_best_checkpoint
 from tests.conftest import REPO, set_args, tiny_overrides
 
 EPOCHS = 4
@@ -166,14 +166,21 @@ def test_create_run_dir_is_all_or_nothing(tmp_path):
 
     with pytest.raises(RuntimeError):
         create_run_dir(run_dir, broken)
-    assert list((tmp_path / "out").iterdir()) == []  # neither the run folder nor a staging folder
+    assert not (tmp_path / "out").exists()  # no run folder, no staging folder, no output_dir made for them
 
     create_run_dir(run_dir, lambda folder: (folder / "config.yaml").write_text("old"))
     with pytest.raises(RuntimeError):
         create_run_dir(run_dir, broken)  # as with --overwrite: the old run survives a failed replacement
     assert (run_dir / "config.yaml").read_text() == "old"
+    # The new run fails on bad input before its first epoch: the old run comes back.
+    create_run_dir(run_dir, lambda folder: (folder / "config.yaml").write_text("new")).abandon()
+    assert (run_dir / "config.yaml").read_text() == "old"
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["r"]
+    # The new run saves its first epoch: the old run, kept aside until then, goes.
     create_run_dir(run_dir, lambda folder: (folder / "config.yaml").write_text("new"))
     assert (run_dir / "config.yaml").read_text() == "new"
+    assert sorted(p.name[:12] for p in (tmp_path / "out").iterdir()) == [".r.replaced-", "r"]
+    discard_replaced_runs(run_dir)
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["r"]
 
 
@@ -200,7 +207,7 @@ def test_atomic_write_keeps_old_file_on_failure(tmp_path):
     with pytest.raises(ZeroDivisionError):
         with atomic_write(target) as f:
             f.write("half of the new")
-            1 / 0
+            raise ZeroDivisionError("failed half-way")
     assert target.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
 

@@ -13,9 +13,9 @@ from seg_pet.config import load_config
 from seg_pet.data.loaders import count_pixels
 from seg_pet.data.oxford import open_split, read_image, remap_trimap, stratified_split
 from seg_pet.data.sources import build_datasets, build_test_dataset
+from seg_pet.data.transforms import denormalize, eval_transforms, train_transforms
 from seg_pet.labels import IGNORE_INDEX, class_names
 from seg_pet.runtime.errors import DataError
-from seg_pet.data.transforms import denormalize, eval_transforms, train_transforms
 from tests.conftest import PET_DIR, SHARED_DATA, requires_pet, tiny_overrides
 
 TRIMAP = torch.tensor([[1, 2, 3], [3, 2, 1]], dtype=torch.uint8)

@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
-
 import math
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from seg_pet.runtime.errors import ConfigError
 from seg_pet.config import LOSS_OPTIONS, LossConfig
 from seg_pet.config.loading import build_loss_section, validate_loss
 from seg_pet.losses import LOSSES, build_loss, compute_class_weights, needs_class_weights
+from seg_pet.runtime.errors import ConfigError
 
 LOSS_NAMES = tuple(LOSS_OPTIONS)
 

@@ -8,8 +8,8 @@ import torch
 import torchvision
 
 from seg_pet.config import ModelConfig
-from seg_pet.runtime.errors import CheckpointError, ConfigError
 from seg_pet.models import build_model
+from seg_pet.runtime.errors import CheckpointError, ConfigError, SegPetError
 
 
 def test_outputs_are_logits_of_the_right_shape():
@@ -39,7 +39,7 @@ def test_weights_for_another_encoder_are_refused(tmp_path):
 
 
 def test_missing_local_weights_file(tmp_path):
-    with pytest.raises(ConfigError, match="model.encoder_weights: file not found"):
+    with pytest.raises(SegPetError, match="model.encoder_weights .*nope.pth: no such file"):
         build_model(ModelConfig(encoder="resnet18", encoder_weights=str(tmp_path / "nope.pth")), num_classes=3)
 
 

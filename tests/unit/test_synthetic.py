@@ -10,8 +10,8 @@ import pytest
 from PIL import Image
 from torchvision.datasets import OxfordIIITPet
 
-from seg_pet.runtime.errors import DataError
 from seg_pet.data.synthetic import MARKER_NAME, make_synthetic_dataset
+from seg_pet.runtime.errors import DataError
 
 SMALL = dict(num_images=12, seed=3, min_size=32, max_size=64, test_fraction=0.3)
 
