@@ -41,6 +41,22 @@ def check_text(text: str, what: str, error: type[SegPetError] = SegPetError) -> 
     return text
 
 
+def _examined(check):
+    """An OSError while looking at a path (a folder on the way that may not be searched) is that path's problem, in one line."""
+
+    def checked(path, what, *args, **kwargs):
+        try:
+            return check(path, what, *args, **kwargs)
+        except OSError as exc:
+            raise SegPetError(f"{what} {path}: cannot be examined ({exc.strerror or type(exc).__name__})") from None
+        except RuntimeError as exc:  # Path.resolve on a symbolic-link loop
+            raise SegPetError(f"{what} {path}: cannot be examined ({exc})") from None
+
+    checked.__doc__ = check.__doc__
+    return checked
+
+
+@_examined
 def check_input(path: str | os.PathLike, what: str, kind: str = "file") -> Path:
     """An existing, readable file (kind="file") or folder (kind="dir")."""
     path = check_name(path, what)
@@ -53,6 +69,7 @@ def check_input(path: str | os.PathLike, what: str, kind: str = "file") -> Path:
     return path
 
 
+@_examined
 def check_output(path: str | os.PathLike, what: str, kind: str = "file", *, run_folder: bool = False) -> Path:
     """A file or folder this command may create or replace: see the module docstring.
 
