@@ -13,8 +13,9 @@ is a no-op: rank 0 of a world of 1, which is the main process and writes every f
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Optional
@@ -176,8 +177,14 @@ def broadcast_from_main(tensors: Iterable[torch.Tensor]) -> None:
             dist.broadcast(tensor, src=0)
 
 
-def barrier() -> None:
-    if is_distributed():
+@contextlib.contextmanager
+def main_first(when: bool = True) -> Iterator[None]:
+    """Rank 0 runs the block first, the other processes once it is done (e.g. rank 0 writes a file they then read)."""
+    wait = when and is_distributed()
+    if wait and not is_main():
+        dist.barrier()
+    yield
+    if wait and is_main():
         dist.barrier()
 
 

@@ -37,7 +37,8 @@ from seg_pet.data.transforms import denormalize
 from seg_pet.evaluation import evaluate_batches, evaluate_split, write_test_outputs
 from seg_pet.metrics import compute_metrics, format_table
 from seg_pet.runtime.device import Runtime
-from seg_pet.runtime.distributed import agreed_signal, broadcast_from_main, decided_by_main, is_main, join_process_group, world_size
+from seg_pet.runtime.distributed import (agreed_signal, broadcast_from_main, decided_by_main, is_main, join_process_group, main_first,
+                                        world_size)
 from seg_pet.runtime.errors import SegPetError, TrainingDiverged, is_input_error
 from seg_pet.runtime.fileio import atomic_write, write_json
 from seg_pet.runtime.seeding import seed_everything
@@ -87,7 +88,8 @@ def train(cfg: Config, *, resume: bool = False, overwrite: bool = False, stop_af
     with DeferredStop() as stop:
         try:
             if cfg.data.cache != "none":  # decoded once here, before any loader worker is forked
-                cache_datasets(cfg, datasets, run_dir, setup.workers, log)
+                with main_first(cfg.data.cache == "disk"):  # under torchrun rank 0 writes the disk cache, the others read it
+                    cache_datasets(cfg, datasets, run_dir, setup.workers, log)
             on_device = move_caches_to_device(datasets, runtime.device, log) if cfg.data.cache == "device" else None
             val_loader = val_loader_for(datasets["val"], on_device, setup.batch_size, setup.workers, runtime)
             overlay_idx = overlay_indices(len(datasets["val"]), cfg.train.overlays)
