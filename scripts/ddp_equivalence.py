@@ -72,17 +72,17 @@ def main() -> int:
                for e in range(1, STEPS + 1)]
     runtime = Runtime(torch.device("cpu"))
     mine, everything = slice(rank, None, world), slice(None)
-    for dtype in (torch.float32, torch.float64):
-        def fresh() -> nn.Module:
-            torch.manual_seed(0)
-            return build_model(cfg.model, 3).to(dtype)
+    def fresh(dtype: torch.dtype) -> nn.Module:
+        torch.manual_seed(0)
+        return build_model(cfg.model, 3).to(dtype)
 
-        one = losses(fresh(), batches, everything, dtype)
+    for dtype in (torch.float32, torch.float64):
+        one = losses(fresh(dtype), batches, everything, dtype)
         rows = {
-            "ddp+sync_bn": losses(data_parallel(global_batch_norm(fresh(), runtime), runtime), batches, mine, dtype),
-            "reordered": losses(fresh(), [(x[torch.arange(len(x)).roll(1)], y[torch.arange(len(y)).roll(1)]) for x, y in batches],
+            "ddp+sync_bn": losses(data_parallel(global_batch_norm(fresh(dtype), runtime), runtime), batches, mine, dtype),
+            "reordered": losses(fresh(dtype), [(x[torch.arange(len(x)).roll(1)], y[torch.arange(len(y)).roll(1)]) for x, y in batches],
                                 everything, dtype),
-            "ddp": losses(data_parallel(fresh(), runtime), batches, mine, dtype),
+            "ddp": losses(data_parallel(fresh(dtype), runtime), batches, mine, dtype),
         }
         if rank == 0:
             print(f"{str(dtype).replace('torch.', '')}: loss difference to 1 process x batch {world * 4}, steps 1..{STEPS}")
