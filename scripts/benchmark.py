@@ -28,6 +28,10 @@ on CPU 128 px, batch 8, resnet18, fp32.
     python scripts/benchmark.py --device cuda --data-root data --cache memory --naive-baseline --out outputs/benchmark/h100.json
     python scripts/benchmark.py --device cuda --data-root data --cache device --out outputs/benchmark/h100_device.json
     python scripts/benchmark.py --device cuda --data-root data --ceiling-only --compile --out outputs/benchmark/h100_compile.json
+
+--nproc N measures data-parallel scaling instead, through torchrun (scripts/benchmark_ddp.py):
+
+    python scripts/benchmark.py --nproc 8 --device cuda --data-root data --cache memory --out outputs/benchmark/ddp8.json
 """
 
 from __future__ import annotations
@@ -92,6 +96,9 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--ceiling-only", action="store_true", help="only the ceiling and engine_resident phases (no data is read)")
     p.add_argument("--naive-baseline", action="store_true", help="also time the naive fp32 baseline (naive_fp32) in this run")
     p.add_argument("--naive-workers", type=int, default=8, help="DataLoader workers of the naive baseline (default 8)")
+    p.add_argument("--nproc", type=int, metavar="N", help="instead: data-parallel scaling through torchrun, 1 vs N processes "
+                                                          "(scripts/benchmark_ddp.py): images/s per process and scaling efficiency")
+    p.add_argument("--sync-bn", action="store_true", help="with --nproc: train.sync_bn (global batch norm)")
     p.add_argument("--out", type=Path, help="write the results as JSON here")
     return p.parse_args(argv)
 
@@ -487,15 +494,34 @@ def format_table(report: dict[str, Any]) -> str:
     return "\n".join(rows)
 
 
+def scaling_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """--nproc: the settings every torchrun process uses, with this script's device-dependent defaults."""
+    device = Runtime.create(args.device, amp=args.amp, key="--device").device
+    defaults = GPU_DEFAULTS if device.type == "cuda" else CPU_DEFAULTS
+    return {"device": device.type if args.device == "auto" else args.device, "amp": args.amp, "threads": args.threads,
+            "data_root": args.data_root, "synthetic": args.synthetic, "image_size": args.image_size or defaults["image_size"],
+            "batch_size": args.batch_size or defaults["batch_size"], "arch": args.arch, "encoder": args.encoder or defaults["encoder"],
+            "steps": args.steps or defaults["steps"], "warmup": defaults["warmup"] if args.warmup is None else args.warmup,
+            "workers": args.workers if args.workers == "auto" else int(args.workers), "cache": args.cache, "run_dir": args.run_dir,
+            "sync_bn": args.sync_bn, "compile": args.compile, "command": "python scripts/benchmark.py " + " ".join(args.argv)}
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     args = parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        report = run_benchmark(args)
+        if args.nproc:
+            sys.path.insert(0, str(Path(__file__).resolve().parent))
+            import benchmark_ddp  # beside this script
+
+            report = benchmark_ddp.run_scaling(args, scaling_settings(args))
+            print(benchmark_ddp.format_scaling(report))
+        else:
+            report = run_benchmark(args)
+            print(format_table(report))
     except SegPetError as exc:  # a bad --device, --data-root or setting: one line, as the seg_pet commands
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(format_table(report))
     if args.out is not None:
         write_json(args.out, report)
         print(f"written to {args.out}")

@@ -27,12 +27,13 @@ from seg_pet.checkpoint import load_checkpoint, load_model_weights
 from seg_pet.config import Config, config_to_dict, load_config
 from seg_pet.data.cache import attach_cache
 from seg_pet.labels import class_names
-from seg_pet.data.loaders import make_loader, resolve_num_workers
+from seg_pet.data.loaders import make_loader, resolve_num_workers, this_shard
 from seg_pet.data.oxford import PetSegmentation
 from seg_pet.data.sources import build_datasets, build_test_dataset
 from seg_pet.metrics import ConfusionMatrix, compute_metrics, confusion_csv, format_table
 from seg_pet.models import build_model
 from seg_pet.runtime.device import Runtime
+from seg_pet.runtime.distributed import all_reduce_sum, is_main
 from seg_pet.runtime.errors import SegPetError
 from seg_pet.runtime.fileio import atomic_write, write_json
 from seg_pet.runtime.paths import check_output, is_writable_dir
@@ -89,12 +90,16 @@ def evaluate_batches(
     a list of masks of differing sizes (data.collate_native): each image is scored at its own
     size, and the batch loss is the mean of the per-image losses. `tta` (seg_pet.tta): the logits
     are averaged over flipped / rescaled passes before all of this; "none" is one plain pass.
+
+    Under torchrun each process scores its own share of the images (data.loaders.val_loader_for);
+    the matrices and loss sums of all processes are added up at the end, so every process returns
+    what one process would have computed over all the images with the same weights.
     """
     model.eval()
     matrix = ConfusionMatrix(num_classes)
     total_loss, batches = 0.0, 0
     device = runtime.device
-    for images, targets in tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, disable=None):
+    for images, targets in tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, disable=None if is_main() else True):
         images = runtime.to_device(images)
         if isinstance(targets, (list, tuple)):
             logits = tta_logits(model, images, tta, runtime.autocast)
@@ -117,13 +122,16 @@ def evaluate_batches(
             total_loss += loss_fn(logits, targets).item()
             batches += 1
         matrix.update(targets, logits.argmax(dim=1))
+    all_reduce_sum(matrix.mat)
+    total_loss, batches = all_reduce_sum(torch.tensor([total_loss, batches], dtype=torch.float64)).tolist()
     return matrix, (total_loss / batches if batches else math.nan)
 
 
 def evaluate_split(model: nn.Module, dataset: PetSegmentation, cfg: Config, runtime: Runtime, names: list[str], desc: str = "eval") -> dict[str, Any]:
-    """All metrics of `model` on `dataset` from one confusion matrix, plus the matrix itself."""
+    """All metrics of `model` on `dataset` from one confusion matrix, plus the matrix itself (under torchrun
+    each process scores its share; every process returns the metrics of all the images)."""
     loader = make_loader(dataset, cfg.data.batch_size, shuffle=False, num_workers=resolve_num_workers(cfg.data.num_workers),
-                         pin_memory=runtime.pin_memory)
+                         pin_memory=runtime.pin_memory, shard=this_shard())
     matrix, _ = evaluate_batches(model, loader, len(names), runtime, desc=desc, tta=cfg.eval.tta)
     metrics = compute_metrics(matrix.mat, names)
     return {"num_images": len(dataset), **metrics, "confusion": matrix.mat.tolist()}

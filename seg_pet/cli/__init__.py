@@ -4,10 +4,13 @@ Each command is a module here with `add_arguments(parser)` and `run(args) -> int
 maps the command name to it.
 
 Exit codes: 0 success; 1 a `doctor` check failed, training diverged (NaN/Inf loss), `predict`
-could not read some images (the rest were predicted), or `export`'s ONNX model disagreed with torch;
-2 bad input (config, flags, paths, data files, checkpoints) with a one-line message;
-3 the machine refused a write (disk full, quota, read-only): one line naming the file, the old file
-kept, a run left resumable; 130 / 143 interrupted by Ctrl-C / SIGTERM after saving a resumable checkpoint.
+could not read some images (the rest were predicted), `export`'s ONNX model disagreed with torch, or
+under torchrun another process of the job failed first; 2 bad input (config, flags, paths, data
+files, checkpoints) with a one-line message; 3 the machine refused a write (disk full, quota,
+read-only): one line naming the file, the old file kept, a run left resumable; 130 / 143
+interrupted by Ctrl-C / SIGTERM after saving a resumable checkpoint.
+
+Under torchrun every process runs this; `report` decides which of them prints.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from collections.abc import Sequence
 from typing import Optional
 
 from seg_pet.cli import doctor, evaluate, export, predict, study, train
+from seg_pet.runtime.distributed import has_joined, launch, lost_contact
 from seg_pet.runtime.errors import SegPetError, TrainingDiverged, is_input_error
 from seg_pet.runtime.signals import Terminated, terminate_as_exception
 
@@ -59,6 +63,20 @@ def one_line(exc: BaseException) -> str:
     return text or type(exc).__name__
 
 
+def report(line: str, *, shared: bool) -> None:
+    """One line on stderr. Under torchrun an outcome all processes share (bad input found before they
+    connected, a stop or a NaN loss they agreed on) is printed by rank 0 alone; a process's own failure
+    is printed by that process, after its rank."""
+    job = launch()
+    if not job.by_torchrun:
+        print(line, file=sys.stderr)
+    elif not shared:
+        error, _, rest = line.partition("error: ")
+        print(f"error: rank {job.rank}: {rest}" if not error and rest else f"rank {job.rank}: {line}", file=sys.stderr)
+    elif job.rank == 0:
+        print(line, file=sys.stderr)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -67,18 +85,23 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         with terminate_as_exception():
             return COMMANDS[args.command].run(args)
     except Terminated:
-        print("terminated (SIGTERM)", file=sys.stderr)
+        report("terminated (SIGTERM)", shared=True)
         return 143
     except TrainingDiverged as exc:
-        print(f"error: {one_line(exc)}", file=sys.stderr)
+        report(f"error: {one_line(exc)}", shared=True)  # under torchrun the processes agree on it
         return 1
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        report("interrupted", shared=True)
         return 130
     except (SegPetError, RuntimeError) as exc:
+        if (gist := lost_contact(exc)) is not None:
+            report(f"stopped: lost contact with another process of the job ({gist}); the process that failed first says why",
+                   shared=False)
+            return 1
         if not is_input_error(exc):
             raise
-        print(f"error: {one_line(exc)}", file=sys.stderr)
+        # Found before the processes connected: the same in all of them. After: this process's own (its shard, its device).
+        report(f"error: {one_line(exc)}", shared=not has_joined())
         return getattr(exc, "exit_code", 2)
     finally:
         # A DataLoader error's traceback is a reference cycle that keeps the loader's iterator (and

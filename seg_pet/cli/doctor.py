@@ -8,6 +8,7 @@ from pathlib import Path
 from seg_pet.cli.common import add_overrides, check_paths
 from seg_pet.config import load_config
 from seg_pet.doctor.run import run_doctor
+from seg_pet.runtime.distributed import leave_process_group
 
 HELP = "check data, model and loss wiring for the classic failure modes"
 PATHS = {"config": ("in", "file"), "out": ("out", "dir")}
@@ -21,4 +22,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     check_paths(args, PATHS)
-    return run_doctor(load_config(args.config, args.overrides), out=args.out)
+    cfg = load_config(args.config, args.overrides)  # bad config: one line, exit 2, before any process group
+    try:
+        return run_doctor(cfg, out=args.out)
+    finally:
+        leave_process_group()  # under torchrun

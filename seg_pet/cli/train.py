@@ -8,6 +8,7 @@ from pathlib import Path
 
 from seg_pet.cli.common import add_overrides, check_paths, positive_int
 from seg_pet.config import Config, load_config
+from seg_pet.runtime.distributed import launch, leave_process_group
 from seg_pet.runtime.errors import SegPetError, StorageError
 from seg_pet.runtime.signals import Interrupted, Terminated
 from seg_pet.training.rundir import resume_command
@@ -46,8 +47,10 @@ def load_train_config(args: argparse.Namespace) -> Config:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Under torchrun every process runs this; train() joins the process group, left here whatever happens."""
     check_paths(args, PATHS)
     cfg = load_train_config(args)
+    main_process = launch().rank == 0
     try:
         train(cfg, resume=args.resume is not None, overwrite=args.overwrite, stop_after_epoch=args.stop_after_epoch, dry_run=args.dry_run)
     except StorageError as exc:  # a full disk: the run stays resumable from its last complete checkpoint
@@ -55,10 +58,13 @@ def run(args: argparse.Namespace) -> int:
             raise StorageError(f"{exc}; the run is resumable: {resume_command(cfg.run_dir)}") from None
         raise
     except Interrupted as exc:
-        print(f"\n{exc}", file=sys.stderr)
+        if main_process:
+            print(f"\n{exc}", file=sys.stderr)
         return exc.exit_code
     except (Terminated, KeyboardInterrupt):  # outside the phases that say more (setup, a second Ctrl-C)
-        if (cfg.run_dir / "checkpoints" / "last.pt").is_file():
+        if main_process and (cfg.run_dir / "checkpoints" / "last.pt").is_file():
             print(f"{cfg.run_dir} is resumable: {resume_command(cfg.run_dir)}", file=sys.stderr)
         raise
+    finally:
+        leave_process_group()
     return 0

@@ -42,11 +42,14 @@ class DataConfig:
     val_fraction: float = option(0.1, "share of trainval held out for validation, stratified by breed", gt=0.0, lt=1.0)
     border: str = option("class", "the trimap's border ring: `class` (3 classes), `ignore` (left out of loss and metrics), "
                                   "`pet` (merged into pet)", choices=("class", "ignore", "pet"))
-    batch_size: int = option(16, "images per training step", ge=1, le=4096)
+    batch_size: int = option(16, "images per training step in each process; under torchrun the global batch is this times the "
+                                 "number of processes (docs/distributed.md)", ge=1, le=4096)
     num_workers: Union[int, str] = option("auto", "DataLoader workers; `auto` = usable CPUs - 1, at most 16")
     synthetic_images: int = option(60, "images generated for `data.source: synthetic`", ge=8, le=10_000)
     cache: str = option("none", "decoded-image cache: `none`, `memory`, `disk`, or `device` (kept on the training device, "
                                 "batches augmented there)", choices=("none", "memory", "disk", "device"))
+    augment: bool = option(True, "random crop, flip and colour jitter of training images; `false`: they are resized like "
+                                 "validation images (ablations, and exact 1-process vs N-process comparisons)")
 
 
 @dataclass
@@ -169,6 +172,10 @@ class TrainConfig:
     deterministic: bool = option(False, "`torch.use_deterministic_algorithms` (slower on GPU)")
     compile: bool = option(False, "`torch.compile` the model")
     max_steps_per_epoch: Optional[int] = option(None, "cap on training steps per epoch (quick experiments, tests)", ge=1)
+    sync_bn: bool = option(False, "under torchrun: batch-norm statistics over the global batch (SyncBatchNorm) instead of "
+                                  "each process's own; ignored in one process")
+    dist_timeout: float = option(600.0, "under torchrun: seconds a collective waits for the other processes before the job "
+                                        "stops with an error", ge=10.0, le=86_400.0)
 
 
 @dataclass

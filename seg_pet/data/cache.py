@@ -45,6 +45,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from seg_pet.data.transforms import normalise_batch
+from seg_pet.runtime.distributed import shard
 from seg_pet.runtime.errors import DataError
 from seg_pet.runtime.fileio import atomic_path
 from seg_pet.runtime.paths import is_writable_dir
@@ -236,27 +237,35 @@ class DeviceBatches:
     """One pass over a DeviceCache in batches that are already on the device: a DataLoader stand-in for the engine.
 
     Order: shuffled by a generator seeded with `seed` (as data.make_loader). With `augment`
-    (training) each batch goes through BatchAugment; without it (evaluation) images are the cached
-    size and only converted to float and normalised, as eval_transforms does after its resize.
+    (training) each batch goes through BatchAugment; without it (evaluation, or data.augment: false)
+    images are the cached size and only converted to float and normalised, as eval_transforms does
+    after its resize. `shard` = (rank, world): under torchrun each process takes its share of the
+    order (runtime.distributed.shard; equal shares when batches drop the last, incomplete one).
     """
 
     def __init__(self, cache: DeviceCache, batch_size: int, *, shuffle: bool, drop_last: bool = False,
-                 augment: Optional[Callable] = None, seed: int = 0):
+                 augment: Optional[Callable] = None, seed: int = 0, shard: tuple[int, int] = (0, 1)):
         self.cache, self.batch_size, self.shuffle, self.drop_last = cache, batch_size, shuffle, drop_last
-        self.augment, self.seed = augment, seed
+        self.augment, self.seed, self.shard = augment, seed, shard
         if augment is None and not cache.stacked:
             raise ValueError("batches without augmentation need cached images of one size (an evaluation cache)")
 
     def __len__(self) -> int:
-        n = len(self.cache)
+        rank, world = self.shard
+        n = len(self.cache) // world if self.drop_last else len(range(rank, len(self.cache), world))  # this process's share
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
-    def __iter__(self):
+    def order(self) -> torch.Tensor:
+        """This process's cache indices for one pass, in order."""
         n = len(self.cache)
         # train seeds torch's global RNG, which BatchAugment draws from, with the same `seed`: the order
         # gets a scrambled seed so that it does not replay the augmentation's random stream.
         order_seed = (self.seed * 6364136223846793005 + 1442695040888963407) % 2**63
         order = torch.randperm(n, generator=torch.Generator().manual_seed(order_seed)) if self.shuffle else torch.arange(n)
+        return shard(order, *self.shard, equal=self.drop_last)
+
+    def __iter__(self):
+        order = self.order()
         for start in range(0, len(self) * self.batch_size, self.batch_size):
             picked = order[start : start + self.batch_size]
             labels = self.cache.labels

@@ -2,15 +2,21 @@
 
 Every epoch gets a fresh loader seeded from (run seed, epoch), so a resumed run replays exactly
 the batches and augmentations an uninterrupted run would have seen.
+
+Under torchrun every process draws the same seeded order and takes its own share of it (ShardSampler,
+DeviceBatches' `shard`), as DistributedSampler does: disjoint shares of the training images every
+epoch, and evaluation images each scored once by one process (no padding duplicates).
 """
 
 from __future__ import annotations
 
+import functools
 import os
+import random
 from typing import Iterable, Optional
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from seg_pet.config import Config
 from seg_pet.data.cache import DeviceBatches, DeviceCache
@@ -18,8 +24,9 @@ from seg_pet.labels import IGNORE_INDEX
 from seg_pet.data.oxford import PetSegmentation, read_trimap
 from seg_pet.data.transforms import BatchAugment
 from seg_pet.runtime.device import Runtime
+from seg_pet.runtime.distributed import rank, shard, world_size
 from seg_pet.runtime.errors import ConfigError
-from seg_pet.runtime.seeding import epoch_seed
+from seg_pet.runtime.seeding import epoch_seed, process_seed
 from seg_pet.runtime.signals import worker_signals
 
 
@@ -45,6 +52,39 @@ def collate_native(batch: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torc
     return torch.stack([image for image, _ in batch]), [mask for _, mask in batch]
 
 
+class ShardSampler(Sampler[int]):
+    """Process `rank`'s share of one pass over `size` items (runtime.distributed.shard), as DistributedSampler.
+
+    Shuffled, the order is torch.randperm(size, generator): drawn exactly as DataLoader's RandomSampler
+    draws it from the loader's generator, so with one process this is plain `shuffle=True`; every process
+    seeds its generator alike, so all of them cut the same order. `equal` (training): equal shares, the
+    tail dropped; otherwise (evaluation) every item once.
+    """
+
+    def __init__(self, size: int, rank: int, world: int, *, generator: Optional[torch.Generator] = None, equal: bool):
+        self.size, self.rank, self.world, self.generator, self.equal = size, rank, world, generator, equal
+
+    def __iter__(self):
+        order = torch.randperm(self.size, generator=self.generator) if self.generator is not None else torch.arange(self.size)
+        return iter(shard(order, self.rank, self.world, equal=self.equal).tolist())
+
+    def __len__(self) -> int:
+        return self.size // self.world if self.equal else len(range(self.rank, self.size, self.world))
+
+
+def worker_start(worker_id: int, rank: int = 0) -> None:
+    """A DataLoader worker's first step: signals to the main process; its own augmentation stream on ranks > 0.
+
+    DataLoader seeds worker k with the loader generator's base seed + k, the same in every process
+    under torchrun (they share the shuffle seed); process_seed gives each rank different crops.
+    """
+    worker_signals(worker_id)
+    if rank:
+        seed = process_seed(torch.initial_seed(), rank)
+        torch.manual_seed(seed)
+        random.seed(seed)
+
+
 def make_loader(
     dataset: Dataset,
     batch_size: int,
@@ -54,6 +94,7 @@ def make_loader(
     seed: int = 0,
     pin_memory: bool = False,
     drop_last: bool = False,
+    shard: tuple[int, int] = (0, 1),
 ) -> DataLoader:
     """A DataLoader whose shuffling and worker augmentation RNG depend only on `seed`.
 
@@ -62,19 +103,21 @@ def make_loader(
     why workers are not persistent: persistent workers keep their RNG streams across epochs,
     so epoch k after a resume would differ. The price is a worker start per epoch
     (docs/performance.md, measured by scripts/benchmark.py as `epoch_start_s`).
+    `shard` = (rank, world): this process's share of the images (ShardSampler; equal shares with drop_last).
     """
     generator = torch.Generator().manual_seed(seed)
+    rank, world = shard
     return DataLoader(
         dataset,
         batch_size=batch_size,
-        shuffle=shuffle,
+        sampler=ShardSampler(len(dataset), rank, world, generator=generator if shuffle else None, equal=drop_last),
         num_workers=num_workers,
         generator=generator,
         pin_memory=pin_memory,
         drop_last=drop_last,
         prefetch_factor=4 if num_workers > 0 else None,
         collate_fn=collate_native if getattr(dataset, "native_masks", False) else None,
-        worker_init_fn=worker_signals if num_workers > 0 else None,
+        worker_init_fn=functools.partial(worker_start, rank=rank) if num_workers > 0 else None,
     )
 
 
@@ -103,20 +146,28 @@ def move_caches_to_device(datasets: dict[str, PetSegmentation], device: torch.de
 
 def epoch_train_loader(cfg: Config, dataset: PetSegmentation, on_device: Optional[dict[str, DeviceCache]], batch_size: int,
                        workers: int, epoch: int, runtime: Runtime) -> Iterable:
-    """One epoch's training batches: a fresh DataLoader, or DeviceBatches with data.cache: device.
+    """One epoch's training batches (this process's share): a fresh DataLoader, or DeviceBatches with data.cache: device.
 
     Reseeding torch's global RNG and the order from (seed, epoch) first makes a resumed run replay
-    the same shuffles and augmentations."""
+    the same shuffles and augmentations. The order's seed is the same in every process; the
+    augmentation's is the process's own (process_seed)."""
     seed = epoch_seed(cfg.run.seed, epoch)
-    torch.manual_seed(seed)
+    torch.manual_seed(process_seed(seed, rank()))
     if on_device is not None:
-        return DeviceBatches(on_device["train"], batch_size, shuffle=True, drop_last=True, augment=BatchAugment(cfg.data.image_size), seed=seed)
-    return make_loader(dataset, batch_size, shuffle=True, num_workers=workers, seed=seed, pin_memory=runtime.pin_memory, drop_last=True)
+        augment = BatchAugment(cfg.data.image_size) if cfg.data.augment else None
+        return DeviceBatches(on_device["train"], batch_size, shuffle=True, drop_last=True, augment=augment, seed=seed, shard=this_shard())
+    return make_loader(dataset, batch_size, shuffle=True, num_workers=workers, seed=seed, pin_memory=runtime.pin_memory, drop_last=True,
+                       shard=this_shard())
 
 
 def val_loader_for(dataset: PetSegmentation, on_device: Optional[dict[str, DeviceCache]], batch_size: int, workers: int,
                    runtime: Runtime) -> Iterable:
-    """The validation batches: a DataLoader, or slices of the device cache with data.cache: device."""
+    """This process's validation batches: a DataLoader, or slices of the device cache with data.cache: device."""
     if on_device is not None:
-        return DeviceBatches(on_device["val"], batch_size, shuffle=False)
-    return make_loader(dataset, batch_size, shuffle=False, num_workers=workers, pin_memory=runtime.pin_memory)
+        return DeviceBatches(on_device["val"], batch_size, shuffle=False, shard=this_shard())
+    return make_loader(dataset, batch_size, shuffle=False, num_workers=workers, pin_memory=runtime.pin_memory, shard=this_shard())
+
+
+def this_shard() -> tuple[int, int]:
+    """(rank, world size) of this process: (0, 1) without torchrun."""
+    return rank(), world_size()

@@ -247,10 +247,11 @@ def train_val_datasets(trainval: SplitFiles, cfg: Config, check_files: bool = Tr
     train_idx, val_idx = stratified_split(trainval.groups, cfg.data.val_fraction, cfg.run.seed)
     check_split_sizes(cfg, len(train_idx), len(val_idx))
     size, border = cfg.data.image_size, cfg.data.border
-    return {
-        "train": PetSegmentation(trainval, train_idx, border, train_transforms(size), prepare=train_cache_resize(size)),
-        "val": eval_dataset(trainval, val_idx, cfg),
-    }
+    if cfg.data.augment:
+        train = PetSegmentation(trainval, train_idx, border, train_transforms(size), prepare=train_cache_resize(size))
+    else:  # data.augment: false: resized like validation images, nothing random
+        train = PetSegmentation(trainval, train_idx, border, eval_transforms(size), prepare=eval_cache_resize(size))
+    return {"train": train, "val": eval_dataset(trainval, val_idx, cfg)}
 
 
 def eval_dataset(split: SplitFiles, indices: list[int], cfg: Config) -> PetSegmentation:

@@ -8,9 +8,10 @@ from pathlib import Path
 from typing import Any, Optional
 
 import torch
+import torch.distributed as dist
 
 from seg_pet.config.numbers import plan_batches
-from seg_pet.data.loaders import count_pixels, make_loader, resolve_num_workers
+from seg_pet.data.loaders import ShardSampler, count_pixels, make_loader, resolve_num_workers
 from seg_pet.data.sources import build_datasets
 from seg_pet.doctor.checks import (
     FAIL,
@@ -37,6 +38,7 @@ from seg_pet.labels import class_names
 from seg_pet.losses import build_loss, compute_class_weights, needs_class_weights
 from seg_pet.models import build_model
 from seg_pet.runtime.device import resolve_device
+from seg_pet.runtime.distributed import all_reduce_sum, gathered, is_distributed, is_main, join_process_group, rank, world_size
 from seg_pet.runtime.seeding import epoch_seed
 from seg_pet.viz import plot_class_balance
 
@@ -53,9 +55,13 @@ def _guarded(name: str, fn: Callable[[], CheckResult]) -> CheckResult:
 def run_doctor(cfg: Any, *, out: Optional[Path] = None, log: Callable[[str], None] = print) -> int:
     """Run every check on the configured data, model and loss; print the report. Returns 1 if any check FAILs, else 0.
 
-    Writes nothing unless `out` is given (then only a class-balance bar chart there).
+    Writes nothing unless `out` is given (then only a class-balance bar chart there). Under torchrun every
+    process joins the process group for one more check (`processes`); rank 0 then runs the others and
+    prints the report, the other processes return at once (the caller leaves the process group).
     """
     device = resolve_device(cfg.train.device)
+    join_process_group(device, cfg.train.dist_timeout)
+    log = log if is_main() else (lambda line: None)
     threads = torch.get_num_threads()
     # The doctor's tensors are small: on CPU one intra-op thread is fast enough and, on a machine whose
     # cores are shared, avoids OpenMP threads fighting for them (measured: 144 s with 2 threads, 10 s with 1).
@@ -81,6 +87,12 @@ def _doctor(cfg: Any, device: torch.device, out: Optional[Path], log: Callable[[
     def record(result: CheckResult) -> None:
         results.append(result)
         log(format_result(result))
+
+    if is_distributed():
+        processes = check_processes(len(train_set), cfg.run.seed)
+        if not is_main():
+            return 1 if processes.status == FAIL else 0
+        record(processes)
 
     # A batch exactly as `train` builds it: same loader, same epoch-1 seed, same transforms.
     workers = resolve_num_workers(cfg.data.num_workers)
@@ -126,3 +138,19 @@ def _doctor(cfg: Any, device: torch.device, out: Optional[Path], log: Callable[[
     counts = {s: sum(r.status == s for r in results) for s in (PASS, WARN, FAIL)}
     log(f"\n{counts[PASS]} PASS, {counts[WARN]} WARN, {counts[FAIL]} FAIL in {time.perf_counter() - started:.1f} s")
     return 1 if counts[FAIL] else 0
+
+
+def check_processes(train_size: int, seed: int) -> CheckResult:
+    """Under torchrun: every process answers a collective, and their epoch-1 training shares are disjoint and equal."""
+    world = world_size()
+    answered = int(all_reduce_sum(torch.ones(1)).item())
+    order = ShardSampler(train_size, rank(), world, generator=torch.Generator().manual_seed(epoch_seed(seed, 1)), equal=True)
+    shares = gathered(list(order))
+    seen = [i for share in shares for i in share]
+    name = "processes"
+    if answered != world:
+        return CheckResult(name, FAIL, f"an all_reduce over {world} processes summed to {answered}", "check the torchrun flags and the network")
+    if len(set(seen)) != len(seen) or len({len(share) for share in shares}) != 1:
+        return CheckResult(name, FAIL, "the processes' training shares overlap or differ in size", "report this: it is a seg_pet bug")
+    return CheckResult(name, PASS, f"{world} processes ({dist.get_backend()}) answer; epoch 1 gives each {len(shares[0])} of "
+                                   f"{train_size} training images, disjoint")

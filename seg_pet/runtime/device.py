@@ -14,19 +14,30 @@ from typing import Optional
 import torch
 from torch import nn
 
+from seg_pet.runtime.distributed import launch
 from seg_pet.runtime.errors import ConfigError
 
 
 def resolve_device(setting: str, key: str = "train.device") -> torch.device:
-    """auto | cpu | cuda | cuda:N -> a device that exists here; `key` names the setting in errors."""
+    """auto | cpu | cuda | cuda:N -> a device that exists here; `key` names the setting in errors.
+
+    Under torchrun, `auto` and `cuda` mean this process's own GPU, cuda:<LOCAL_RANK>; `cuda:N` would put
+    every process of a machine on one GPU, so it is refused when a machine runs more than one.
+    """
+    job = launch()
     if setting == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        setting = "cuda" if torch.cuda.is_available() else "cpu"
     if setting.startswith("cuda"):
         if not torch.cuda.is_available():
             raise ConfigError(f"{key}: {setting!r} requested but CUDA is not available here (torch {torch.__version__}); use {key}: cpu or auto")
-        index = int(setting.split(":")[1]) if ":" in setting else 0
+        if ":" in setting and job.local_world_size > 1:
+            raise ConfigError(f"{key}: {setting!r} would put all {job.local_world_size} processes of this machine on one GPU; "
+                              f"use {key}: auto or cuda under torchrun (each process takes cuda:LOCAL_RANK)")
+        index = int(setting.split(":")[1]) if ":" in setting else job.local_rank
         if index >= torch.cuda.device_count():
-            raise ConfigError(f"{key}: {setting!r} but only {torch.cuda.device_count()} CUDA device(s) are visible")
+            raise ConfigError(f"{key}: {setting!r} needs cuda:{index} but only {torch.cuda.device_count()} CUDA device(s) are visible"
+                              + (f" (torchrun started {job.local_world_size} processes on this machine)" if job.by_torchrun else ""))
+        setting = f"cuda:{index}" if job.by_torchrun else setting
     return torch.device(setting)
 
 

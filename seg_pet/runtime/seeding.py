@@ -20,6 +20,15 @@ def epoch_seed(seed: int, epoch: int) -> int:
     return seed * 100_003 + epoch
 
 
+def process_seed(seed: int, rank: int) -> int:
+    """The seed of process `rank`'s random augmentations: `seed` itself on rank 0, so one process is unchanged.
+
+    Under torchrun every process shuffles with the same seed (they cut one order into shards), but
+    their crops, flips and jitter must not repeat rank 0's: each other rank gets a seed of its own.
+    """
+    return seed if rank == 0 else (seed + rank * 0x9E3779B97F4A7C15) % 2**63
+
+
 def rng_state() -> dict[str, Any]:
     """Python, NumPy, torch and CUDA generator states, as tensors and plain values (weights_only-safe)."""
     np_state = np.random.get_state()

@@ -6,6 +6,9 @@
                             Ctrl-C stops at once
     signals_raise           a short phase with nothing to save: a signal raises at once
     worker_signals          in a DataLoader worker: the main process alone decides how to stop
+
+Under torchrun the processes agree on a stop (runtime.distributed.agreed_signal), so they all stop
+at the same step, and rank 0 alone prints.
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ import signal
 import sys
 import threading
 from typing import Optional
+
+from seg_pet.runtime.distributed import is_main
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -82,7 +87,8 @@ class DeferredStop:
         if self.signum is not None:
             raise KeyboardInterrupt
         self.signum = signum
-        print(f"\n{signal.Signals(signum).name} received: stopping after this step...", file=sys.stderr)
+        if is_main():  # under torchrun every process gets the signal: one says so
+            print(f"\n{signal.Signals(signum).name} received: stopping after this step...", file=sys.stderr)
 
     def __enter__(self) -> "DeferredStop":
         self._pid = os.getpid()
@@ -110,11 +116,12 @@ def signals_raise(message: str):
 
 
 def worker_signals(worker_id: int) -> None:
-    """In a DataLoader worker: leave Ctrl-C to the main process, die plainly on SIGTERM.
+    """In a DataLoader worker: leave Ctrl-C and SIGTERM to the main process.
 
     Workers are forked with the main process's Python signal handlers (training's "stop after this
-    step", the CLI's SIGTERM -> exit 143). Ctrl-C in a terminal reaches every process of the group;
-    the main process alone decides how to stop and then shuts its workers down.
+    step", the CLI's SIGTERM -> exit 143). Ctrl-C in a terminal reaches every process of the group, and
+    so does torchrun's SIGTERM to each of its processes; the main process alone decides how to stop and
+    then shuts its workers down (they also exit by themselves when the main process is gone).
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)

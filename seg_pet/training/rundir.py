@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from seg_pet.checkpoint import load_checkpoint, save_checkpoint
+from seg_pet.runtime.distributed import launch_command
 from seg_pet.runtime.errors import CheckpointError, SegPetError
 from seg_pet.runtime.fileio import share_folder
 from seg_pet.runtime.paths import check_input, check_output
@@ -32,7 +33,7 @@ REPLACED_MARK = ".replaced-"
 
 
 def resume_command(run_dir: Path) -> str:
-    return f"python -m seg_pet train --resume {shlex.quote(str(run_dir))}"
+    return f"{launch_command()} -m seg_pet train --resume {shlex.quote(str(run_dir))}"
 
 
 def check_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:

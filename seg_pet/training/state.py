@@ -1,7 +1,7 @@
 """What training holds between steps, and how it goes into and out of a checkpoint.
 
 `Setup` is built once per process from the config (model, loss, optimiser, schedule, batch
-plan); `Progress` is what the epochs have produced so far. `checkpoint_state` and `restore` are
+plan; under torchrun the DDP wrapper); `Progress` is what the epochs have produced so far. `checkpoint_state` and `restore` are
 exact inverses, which is what makes `--resume` continue bit-for-bit (RNG states included).
 """
 
@@ -24,11 +24,13 @@ from seg_pet.data.oxford import PetSegmentation
 from seg_pet.losses import build_loss, compute_class_weights, needs_class_weights
 from seg_pet.models import build_model
 from seg_pet.runtime.device import Runtime
-from seg_pet.runtime.errors import CheckpointError, SegPetError
+from seg_pet.runtime.distributed import gathered, is_distributed, rank, world_size
+from seg_pet.runtime.errors import CheckpointError, DataError, SegPetError
 from seg_pet.runtime.fileio import atomic_write, remove_partial_files
 from seg_pet.runtime.seeding import rng_state, set_rng_state
 from seg_pet.training.optim import build_optimizer, build_scheduler
 from seg_pet.training.records import check_history
+from seg_pet.training.parallel import data_parallel, global_batch_norm
 from seg_pet.training.rundir import repair_best_checkpoint
 
 
@@ -40,7 +42,8 @@ def first_line(exc: BaseException) -> str:
 @dataclass
 class Setup:
     model: nn.Module  # the weights that are saved
-    step_model: nn.Module  # what the steps call: the model, or torch.compile of it
+    step_model: nn.Module  # what the steps call: the model, or torch.compile of it; under torchrun DDP of it
+    eval_model: nn.Module  # what evaluation calls: step_model, or under torchrun the model without DDP
     loss_fn: nn.Module
     optimizer: torch.optim.Optimizer
     scheduler: Optional[torch.optim.lr_scheduler.LRScheduler]
@@ -77,7 +80,10 @@ def load_resume_state(run_dir: Path, cfg: Config, stop_after_epoch: Optional[int
 def build_setup(cfg: Config, names: list[str], runtime: Runtime, train_set: PetSegmentation, resume_state: Optional[dict[str, Any]],
                 log: Callable[[str], None]) -> Setup:
     """Class weights, model, loss, optimiser and schedule, in the order that fixes the RNG stream."""
-    plan = plan_batches(cfg, len(train_set))
+    share = len(train_set) // world_size()  # under torchrun each process trains on its share of the images
+    if share < 1:
+        raise DataError(f"{len(train_set)} training images cannot be shared among {world_size()} processes")
+    plan = plan_batches(cfg, share)
     pixel_counts = weights = None
     if needs_class_weights(cfg.loss):
         if resume_state is not None and resume_state.get("class_weights") is not None:
@@ -89,13 +95,22 @@ def build_setup(cfg: Config, names: list[str], runtime: Runtime, train_set: PetS
             source = f"loss.class_weights: {cfg.loss.get('class_weights')} (from training-split pixel counts)"
         weights = check_class_weights(weights, names, source)
         log("class weights (from training-split pixel counts): " + ", ".join(f"{n} {w:.3f} ({c} px)" for n, w, c in zip(names, weights, pixel_counts)))
-    model = runtime.place(build_model(cfg.model, len(names)))
+    model = build_model(cfg.model, len(names))
+    if cfg.train.sync_bn and is_distributed():
+        model = global_batch_norm(model, runtime)
+    model = runtime.place(model)
     loss_fn = build_loss(cfg.loss, names, weights).to(runtime.device)  # class weights are buffers: follow the logits
     o = cfg.optim
     optimizer = build_optimizer(o.name, model.parameters(), lr=o.lr, weight_decay=o.weight_decay, momentum=o.momentum)
+    step_model = data_parallel(model, runtime) if is_distributed() else model
+    if cfg.train.compile:  # under torchrun the DDP wrapper is compiled (TorchDynamo splits the graph at its gradient buckets)
+        step_model = torch.compile(step_model)
+    # Evaluation needs no gradient averaging: without DDP each process scores its share with no collective.
+    eval_model = (torch.compile(model) if cfg.train.compile else model) if is_distributed() else step_model
     return Setup(
         model=model,
-        step_model=torch.compile(model) if cfg.train.compile else model,
+        step_model=step_model,
+        eval_model=eval_model,
         loss_fn=loss_fn,
         optimizer=optimizer,
         scheduler=build_scheduler(o.scheduler, optimizer, plan.total_steps),
@@ -109,13 +124,23 @@ def build_setup(cfg: Config, names: list[str], runtime: Runtime, train_set: PetS
 
 
 def checkpoint_state(setup: Setup, progress: Progress, cfg: Config, names: list[str], epoch: int) -> dict[str, Any]:
+    """What a checkpoint holds. Called in every process (the RNG states are gathered); rank 0 saves it.
+
+    The weights are those of the unwrapped model (no DDP `module.` prefix): a checkpoint of a torchrun
+    run loads in one process and the other way round. `rng` is this process's (rank 0's) RNG state,
+    `rng_by_rank` every process's, in rank order, for an exact resume under torchrun.
+    """
     rows = progress.rows
+    rngs = gathered(rng_state())
     return {
         "model": setup.model.state_dict(),
         "optimizer": setup.optimizer.state_dict(),
         "scheduler": setup.scheduler.state_dict() if setup.scheduler is not None else None,
         "scaler": setup.scaler.state_dict() if setup.scaler is not None else None,
-        "rng": rng_state(),
+        "rng": rngs[0],
+        "rng_by_rank": rngs,
+        "world_size": len(rngs),
+        "global_batch": setup.batch_size * len(rngs),
         "config": config_to_dict(cfg),
         "class_names": names,
         "epoch": epoch,
@@ -129,7 +154,7 @@ def checkpoint_state(setup: Setup, progress: Progress, cfg: Config, names: list[
 
 
 def restore(setup: Setup, state: dict[str, Any], cfg: Config, names: list[str], run_dir: Path, log: Callable[[str], None]) -> Progress:
-    """The inverse of checkpoint_state: weights, optimiser, schedule, RNG, history; then tidy the run folder."""
+    """The inverse of checkpoint_state, in every process: weights, optimiser, schedule, this process's RNG, history."""
     last = run_dir / "checkpoints" / "last.pt"
     load_model_weights(setup.model, state, last, names, config_to_dict(cfg)["model"])
     try:
@@ -142,11 +167,20 @@ def restore(setup: Setup, state: dict[str, Any], cfg: Config, names: list[str], 
         raise CheckpointError(f"{last}: the optimiser/scheduler state does not fit the config ({first_line(exc)}); "
                               "was an optim.* key changed since the run started?") from None
     history = check_history(state["history"], state["epoch"], last)
+    saved = state.get("rng_by_rank") or [state["rng"]]
     try:
-        set_rng_state(state["rng"])
+        set_rng_state(saved[rank()] if rank() < len(saved) else saved[0])
     except (ValueError, KeyError, RuntimeError, TypeError, IndexError) as exc:
         raise CheckpointError(f"{last} is not a seg_pet checkpoint (rng: {first_line(exc)})") from None
-    progress = Progress(state["epoch"] + 1, state["best_miou"], state["best_epoch"], history)
+    if len(saved) != world_size():
+        log(f"note: {last} was saved by {len(saved)} process(es), this run has {world_size()}: training continues, but not "
+            f"bit-for-bit as it would have (other shards, global batch {setup.batch_size * world_size()} instead of "
+            f"{state.get('global_batch', '?')}; see docs/distributed.md)")
+    return Progress(state["epoch"] + 1, state["best_miou"], state["best_epoch"], history)
+
+
+def tidy_resumed_run(run_dir: Path, state: dict[str, Any], cfg: Config, progress: Progress, log: Callable[[str], None]) -> None:
+    """The run folder of a resumed run put in order (rank 0 only: it writes)."""
     # Leftovers of a killed process: temporary files of unfinished writes, a best.pt one step behind.
     remove_partial_files(run_dir)
     if repair_best_checkpoint(run_dir, state):
@@ -155,4 +189,3 @@ def restore(setup: Setup, state: dict[str, Any], cfg: Config, names: list[str], 
         with atomic_write(run_dir / "config.yaml") as f:
             f.write(dump_config(cfg))
     log(f"resuming {run_dir} after epoch {state['epoch']} (best val mIoU {progress.best_miou:.4f} at epoch {progress.best_epoch})")
-    return progress

@@ -6,7 +6,12 @@
 
 Everything that can fail on bad input (config, data files, weights, device) is checked before the
 run folder is created, so a refused run leaves nothing behind. Files are written only where
-`is_main()` holds (one process today; the rank-0 process under torchrun).
+`is_main()` holds: the one process, or the rank-0 process under torchrun.
+
+Under torchrun (docs/distributed.md) every process runs `train` on its own device and its share of
+the images. The checks of the input run before the processes connect (join_process_group), so all
+of them refuse bad input alike; from then on they agree on every decision (a stop signal, a NaN
+loss, the best epoch) from all-reduced numbers, and rank 0 alone writes files and prints.
 """
 
 from __future__ import annotations
@@ -31,7 +36,8 @@ from seg_pet.data.transforms import denormalize
 from seg_pet.evaluation import evaluate_batches, evaluate_split, write_test_outputs
 from seg_pet.metrics import compute_metrics, format_table
 from seg_pet.runtime.device import Runtime
-from seg_pet.runtime.distributed import is_main
+from seg_pet.runtime.distributed import (agreed_signal, broadcast_from_main, decided_by_main, is_main, join_process_group, main_first,
+                                        world_size)
 from seg_pet.runtime.errors import SegPetError, TrainingDiverged, is_input_error
 from seg_pet.runtime.fileio import atomic_write, write_json
 from seg_pet.runtime.seeding import seed_everything
@@ -41,7 +47,7 @@ from seg_pet.training.loop import train_one_epoch
 from seg_pet.training.monitors import epoch_warnings
 from seg_pet.training.records import EpochRecord, console_line, write_epoch_outputs
 from seg_pet.training.rundir import NewRunFolder, check_run_dir, create_run_dir, discard_replaced_runs, resume_command
-from seg_pet.training.state import Progress, Setup, build_setup, checkpoint_state, load_resume_state, restore
+from seg_pet.training.state import Progress, Setup, build_setup, checkpoint_state, load_resume_state, restore, tidy_resumed_run
 from seg_pet.viz import save_overlay, save_panel
 
 
@@ -54,7 +60,7 @@ def train(cfg: Config, *, resume: bool = False, overwrite: bool = False, stop_af
     Returns the test metrics ({} when stopped early). Raises SegPetError (bad input),
     TrainingDiverged, Interrupted. `dry_run`: every check up to here, then return {} having written nothing.
     """
-    run_dir, master_process = cfg.run_dir, is_main()
+    run_dir = cfg.run_dir
     check_run_dir(run_dir, resume, overwrite)
     runtime = Runtime.create(cfg.train.device, amp=cfg.train.amp, deterministic=cfg.train.deterministic)
     seed_everything(cfg.run.seed)
@@ -63,6 +69,9 @@ def train(cfg: Config, *, resume: bool = False, overwrite: bool = False, stop_af
     names = class_names(cfg.data.border)
     datasets = build_datasets(cfg)
     test_set = build_test_dataset(cfg)  # file checks only: no test pixel is read until the end
+    join_process_group(runtime.device, cfg.train.dist_timeout)  # under torchrun; nothing otherwise
+    master_process = is_main()
+    log = log if master_process else quiet
     setup = build_setup(cfg, names, runtime, datasets["train"], resume_state, log)
     if dry_run:
         log(f"dry run: config, paths, run folder, data files, batch plan and model checked; nothing written ({run_dir})")
@@ -70,16 +79,21 @@ def train(cfg: Config, *, resume: bool = False, overwrite: bool = False, stop_af
     run_folder: Optional[NewRunFolder] = None
     if resume_state is not None:
         progress = restore(setup, resume_state, cfg, names, run_dir, log)
+        if master_process:
+            tidy_resumed_run(run_dir, resume_state, cfg, progress, log)
     else:
         progress = Progress()
+        initial = checkpoint_state(setup, progress, cfg, names, 0)
         if master_process:
-            run_folder = create_run_dir(run_dir, lambda folder: write_initial_files(folder, cfg, setup, progress, names))
-    log(f"run {run_dir}: {len(datasets['train'])} train / {len(datasets['val'])} val images, classes {names}, {runtime.describe()}")
+            run_folder = create_run_dir(run_dir, lambda folder: write_initial_files(folder, cfg, setup, initial, names))
+    log(f"run {run_dir}: {len(datasets['train'])} train / {len(datasets['val'])} val images, classes {names}, {runtime.describe()}"
+        + processes_note(setup, cfg))
 
     with DeferredStop() as stop:
         try:
             if cfg.data.cache != "none":  # decoded once here, before any loader worker is forked
-                cache_datasets(cfg, datasets, run_dir, setup.workers, log)
+                with main_first(cfg.data.cache == "disk"):  # under torchrun rank 0 writes the disk cache, the others read it
+                    cache_datasets(cfg, datasets, run_dir, setup.workers, log)
             on_device = move_caches_to_device(datasets, runtime.device, log) if cfg.data.cache == "device" else None
             val_loader = val_loader_for(datasets["val"], on_device, setup.batch_size, setup.workers, runtime)
             overlay_idx = overlay_indices(len(datasets["val"]), cfg.train.overlays)
@@ -88,10 +102,12 @@ def train(cfg: Config, *, resume: bool = False, overwrite: bool = False, stop_af
                 train_loader = epoch_train_loader(cfg, datasets["train"], on_device, setup.batch_size, setup.workers, epoch, runtime)
                 lr = setup.optimizer.param_groups[0]["lr"]
                 stats = train_epoch(setup, train_loader, runtime, cfg, epoch, stop)
-                if stop.requested:
-                    raise Interrupted(stop.signum, f"during epoch {epoch} (its unfinished steps are discarded); "
+                if signum := agreed_signal(stop.signum):
+                    raise Interrupted(signum, f"during epoch {epoch} (its unfinished steps are discarded); "
                                       f"{saved_note(run_dir, epoch - 1)}")
-                matrix, val_loss = evaluate_batches(setup.step_model, val_loader, len(names), runtime, loss_fn=setup.loss_fn, desc="val")
+                # Batch-norm statistics moved with each process's own images: evaluate with rank 0's, the ones saved.
+                broadcast_from_main(setup.model.buffers())
+                matrix, val_loss = evaluate_batches(setup.eval_model, val_loader, len(names), runtime, loss_fn=setup.loss_fn, desc="val")
                 if not math.isfinite(val_loss):  # NaN weights: nothing of this epoch is saved, best.pt and last.pt stay
                     raise TrainingDiverged(f"validation loss is {val_loss} after epoch {epoch}")
                 metrics = compute_metrics(matrix.mat, names)
@@ -102,16 +118,17 @@ def train(cfg: Config, *, resume: bool = False, overwrite: bool = False, stop_af
                 improved = not math.isnan(record.val_miou) and record.val_miou > progress.best_miou
                 if improved:
                     progress.best_miou, progress.best_epoch = record.val_miou, epoch
+                state = checkpoint_state(setup, progress, cfg, names, epoch)  # in every process: it gathers their RNG states
                 if master_process:
                     if cfg.train.overlays:
                         save_epoch_overlays(setup.model, datasets["val"], overlay_idx, run_dir / "overlays" / f"epoch_{epoch:03d}", runtime, names)
                     write_epoch_outputs(run_dir, progress.rows, names)
-                    save_epoch_checkpoints(run_dir, checkpoint_state(setup, progress, cfg, names, epoch), improved)
+                    save_epoch_checkpoints(run_dir, state, improved)
                     log(console_line(record.row(), cfg.optim.epochs) + ("  *best*" if improved else ""))
                     for warning in record.warnings:
                         log(f"  WARNING: {warning}")
-                if stop.requested:  # arrived during validation or saving: this epoch is complete
-                    raise Interrupted(stop.signum, f"after epoch {epoch}; {saved_note(run_dir, epoch)}")
+                if signum := agreed_signal(stop.signum):  # arrived during validation or saving: this epoch is complete
+                    raise Interrupted(signum, f"after epoch {epoch}; {saved_note(run_dir, epoch)}")
                 if stop_after_epoch is not None and stop_after_epoch <= epoch < cfg.optim.epochs:
                     log(f"stopped after epoch {epoch} as asked (--stop-after-epoch {stop_after_epoch}); continue with: {resume_command(run_dir)}")
                     return {}
@@ -125,17 +142,29 @@ def train(cfg: Config, *, resume: bool = False, overwrite: bool = False, stop_af
             if run_folder is not None and not progress.rows and is_input_error(exc):
                 run_folder.abandon()
             raise
-    return test_once(setup.model, test_set, cfg, runtime, names, log) if master_process else {}
+    return test_once(setup.model, test_set, cfg, runtime, names, log)
 
 
-def write_initial_files(folder: Path, cfg: Config, setup: Setup, progress: Progress, names: list[str]) -> None:
-    """What a new run folder holds before its first epoch: config.yaml, class weights, an epoch-0 last.pt."""
+def quiet(message: str) -> None:
+    """The log of processes other than rank 0: they print nothing."""
+
+
+def processes_note(setup: Setup, cfg: Config) -> str:
+    """Under torchrun, the batch per process and the global batch; nothing for one process."""
+    if world_size() == 1:
+        return ""
+    return (f"; {world_size()} processes x batch {setup.batch_size} = global batch {world_size() * setup.batch_size} "
+            f"(optim.lr {cfg.optim.lr:g} as given, not scaled), sync_bn {cfg.train.sync_bn}")
+
+
+def write_initial_files(folder: Path, cfg: Config, setup: Setup, state: dict[str, Any], names: list[str]) -> None:
+    """What a new run folder holds before its first epoch: config.yaml, class weights, an epoch-0 last.pt (`state`)."""
     with atomic_write(folder / "config.yaml") as f:
         f.write(dump_config(cfg))
     if setup.class_weights is not None:
         write_json(folder / "class_weights.json", {"scheme": cfg.loss.get("class_weights"), "class_names": names,
                                                     "pixel_counts": setup.pixel_counts, "weights": setup.class_weights})
-    save_checkpoint(folder / "checkpoints" / "last.pt", checkpoint_state(setup, progress, cfg, names, 0))  # resumable from the start
+    save_checkpoint(folder / "checkpoints" / "last.pt", state)  # resumable from the start
 
 
 def train_epoch(setup: Setup, loader, runtime: Runtime, cfg: Config, epoch: int, stop: DeferredStop) -> Optional[dict[str, float]]:
@@ -165,27 +194,36 @@ def saved_note(run_dir: Path, epoch: int) -> str:
 
 
 def test_once(model, test_set: PetSegmentation, cfg: Config, runtime: Runtime, names: list[str], log: Callable[[str], None]) -> dict[str, Any]:
-    """The test split is touched once: the best checkpoint, after the last epoch."""
-    run_dir = cfg.run_dir
-    if (run_dir / "test_metrics.json").exists():
+    """The test split is touched once: the best checkpoint, after the last epoch.
+
+    Under torchrun rank 0 reads best.pt and hands its weights to the others (no process but rank 0
+    needs the run folder), each process scores its share of the test images, and rank 0 writes."""
+    run_dir, master_process = cfg.run_dir, is_main()
+    if decided_by_main((run_dir / "test_metrics.json").exists()):
         log(f"test_metrics.json already exists in {run_dir}; not evaluating the test split again")
         return {}
     best_path = run_dir / "checkpoints" / "best.pt"
     when = "during the final test evaluation (every epoch is saved; resuming runs only the test evaluation)"
     with signals_raise(f"{when}; {saved_note(run_dir, cfg.optim.epochs)}"):
-        best_state = load_checkpoint(best_path)
-        load_model_weights(model, best_state, best_path, names)
-        earlier = earlier_looks(run_dir, cfg, cfg)
+        best_epoch = None
+        earlier = []
+        if master_process:
+            best_state = load_checkpoint(best_path)
+            load_model_weights(model, best_state, best_path, names)
+            best_epoch = best_state["epoch"]
+            earlier = earlier_looks(run_dir, cfg, cfg)
+        broadcast_from_main(model.state_dict().values())
         test_metrics = evaluate_split(model, test_set, cfg, runtime, names, desc="test")
-        test_metrics = {"split": "test", "checkpoint": "best", "checkpoint_epoch": best_state["epoch"],
+        test_metrics = {"split": "test", "checkpoint": "best", "checkpoint_epoch": decided_by_main(best_epoch),
                         "earlier_test_evaluations": len(earlier), **test_metrics}
-        record_test_evaluation(run_dir, cfg, command="train", checkpoint=best_path, epoch=best_state["epoch"], forced=False)
-        write_test_outputs(run_dir, test_metrics, names)  # atomic files, test_metrics.json last
+        if master_process:
+            record_test_evaluation(run_dir, cfg, command="train", checkpoint=best_path, epoch=best_epoch, forced=False)
+            write_test_outputs(run_dir, test_metrics, names)  # atomic files, test_metrics.json last
     if earlier:
         log(f"\nnote: this test set was evaluated {len(earlier)} time(s) before this final evaluation ({LOG_NAME})")
-    log(f"\ntest split, best checkpoint (epoch {best_state['epoch']}), {test_metrics['num_images']} images:")
+    log(f"\ntest split, best checkpoint (epoch {test_metrics['checkpoint_epoch']}), {test_metrics['num_images']} images:")
     log(format_table(test_metrics, names))
-    return test_metrics
+    return test_metrics if master_process else {}
 
 
 def overlay_indices(num_images: int, count: int) -> list[int]:

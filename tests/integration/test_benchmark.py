@@ -90,3 +90,16 @@ def test_cuda_requested_without_cuda_is_one_line(tmp_path: Path, capsys, monkeyp
     assert benchmark.main(["--device", "cuda", "--data-root", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1 and "CUDA is not available" in err
+
+
+@pytest.mark.slow
+def test_benchmark_nproc_runs_through_torchrun_and_reports_scaling(tmp_path: Path, capsys) -> None:
+    """--nproc 2 on CPU (gloo): 1 and 2 processes, images/s of each process and the efficiency (correctness only)."""
+    report = _run(tmp_path, "--nproc", "2", "--cache", "none")
+    assert set(report["runs"]) == {"1", "2"} and set(report["scaling"]) == {"ddp_resident", "ddp_train"}
+    for phase in ("ddp_resident", "ddp_train"):
+        two = report["runs"]["2"][phase]
+        assert len(two["images_per_s_per_process"]) == 2 and all(x > 0 for x in two["images_per_s_per_process"])
+        assert two["images_per_s"] == pytest.approx(sum(two["images_per_s_per_process"]))
+        assert report["scaling"][phase] == pytest.approx(two["images_per_s"] / (2 * report["runs"]["1"][phase]["images_per_s"]))
+    assert "efficiency" in capsys.readouterr().out
