@@ -4,7 +4,7 @@ Two 2-process runs are shared: `straight` (4 epochs of one step each, so each ep
 is that step's loss) and `half` (the same run stopped after epoch 2, later resumed). The signal and
 fault tests start their own. torchrun is started as `python -m torch.distributed.run` (what the
 `torchrun` script runs) with this interpreter, so CI needs nothing else on the PATH. Each start
-costs about 20 s of imports on a 2-core machine; the file takes about 3 minutes there.
+costs about 20 s of imports on a shared 2-core machine; the file took 2 min 45 s there.
 """
 
 from __future__ import annotations
