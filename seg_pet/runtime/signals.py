@@ -116,12 +116,14 @@ def signals_raise(message: str):
 
 
 def worker_signals(worker_id: int) -> None:
-    """In a DataLoader worker: leave Ctrl-C and SIGTERM to the main process.
+    """In a DataLoader worker: leave Ctrl-C to the main process, die plainly on SIGTERM.
 
     Workers are forked with the main process's Python signal handlers (training's "stop after this
-    step", the CLI's SIGTERM -> exit 143). Ctrl-C in a terminal reaches every process of the group, and
-    so does torchrun's SIGTERM to each of its processes; the main process alone decides how to stop and
-    then shuts its workers down (they also exit by themselves when the main process is gone).
+    step", the CLI's SIGTERM -> exit 143). Ctrl-C in a terminal reaches every process of the group;
+    the main process alone decides how to stop and then shuts its workers down. SIGTERM keeps its
+    default action: torch's DataLoader stops workers that do not exit by themselves with it, so a
+    worker that ignored it would hang the shutdown after an error (training treats a worker killed
+    while a stop was requested as part of that stop).
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
