@@ -59,10 +59,14 @@ def main(argv: Optional[list[str]] = None) -> int:
         torch.manual_seed(args.seed)
         batches = [BatchAugment(args.image_size, jitter=jitter)(images, labels) for _ in range(args.repeats)]
         b = summary(torch.cat([x for x, _ in batches]), torch.cat([y for _, y in batches]), len(names))
-        print(f"jitter {'on ' if jitter else 'off'}  per-image: mean {a['mean']:+.4f} std {a['std']:.4f} classes "
-              + " ".join(f"{n} {f:.3f}" for n, f in zip(names, a["classes"])))
-        print(f"            batched:   mean {b['mean']:+.4f} std {b['std']:.4f} classes "
-              + " ".join(f"{n} {f:.3f}" for n, f in zip(names, b["classes"])))
+        print(
+            f"jitter {'on ' if jitter else 'off'}  per-image: mean {a['mean']:+.4f} std {a['std']:.4f} classes "
+            + " ".join(f"{n} {f:.3f}" for n, f in zip(names, a["classes"]))
+        )
+        print(
+            f"            batched:   mean {b['mean']:+.4f} std {b['std']:.4f} classes "
+            + " ".join(f"{n} {f:.3f}" for n, f in zip(names, b["classes"]))
+        )
         print(f"            batched - per-image mean: {(b['mean'] - a['mean']) * grey_level:+.2f} grey levels")
     return 0
 

@@ -32,8 +32,16 @@ p.add_argument("--seed", type=int, default=0)
 args = p.parse_args()
 torch.manual_seed(args.seed)
 s, norm = args.image_size, v2.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
-train_tf = v2.Compose([v2.ToImage(), v2.RandomResizedCrop(s, scale=(0.5, 1.0)), v2.RandomHorizontalFlip(),
-                       v2.ColorJitter(0.2, 0.2, 0.2), v2.ToDtype({tv_tensors.Image: torch.float32, "others": None}, scale=True), norm])
+train_tf = v2.Compose(
+    [
+        v2.ToImage(),
+        v2.RandomResizedCrop(s, scale=(0.5, 1.0)),
+        v2.RandomHorizontalFlip(),
+        v2.ColorJitter(0.2, 0.2, 0.2),
+        v2.ToDtype({tv_tensors.Image: torch.float32, "others": None}, scale=True),
+        norm,
+    ]
+)
 test_tf = v2.Compose([v2.ToImage(), v2.Resize((s, s)), v2.ToDtype({tv_tensors.Image: torch.float32, "others": None}, scale=True), norm])
 
 
@@ -64,7 +72,12 @@ matrix = ConfusionMatrix(3)
 with torch.inference_mode():
     for images, masks in torch.utils.data.DataLoader(pet("test", test_tf), 16, num_workers=1):
         matrix.update(masks, model(images).argmax(1))
-metrics = {"num_images": len(pet("test", test_tf)), **compute_metrics(matrix.mat, ["pet", "background", "border"]), "confusion": matrix.mat.tolist(),
-           "seconds": time.perf_counter() - started, "args": {k: str(v) for k, v in vars(args).items()}}
+metrics = {
+    "num_images": len(pet("test", test_tf)),
+    **compute_metrics(matrix.mat, ["pet", "background", "border"]),
+    "confusion": matrix.mat.tolist(),
+    "seconds": time.perf_counter() - started,
+    "args": {k: str(v) for k, v in vars(args).items()},
+}
 write_json(args.out / "test_metrics.json", metrics)
 print(f"test mIoU {metrics['miou']:.4f} " + " ".join(f"{n} {v:.3f}" for n, v in metrics["iou"].items()))

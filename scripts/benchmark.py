@@ -96,8 +96,13 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--ceiling-only", action="store_true", help="only the ceiling and engine_resident phases (no data is read)")
     p.add_argument("--naive-baseline", action="store_true", help="also time the naive fp32 baseline (naive_fp32) in this run")
     p.add_argument("--naive-workers", type=int, default=8, help="DataLoader workers of the naive baseline (default 8)")
-    p.add_argument("--nproc", type=int, metavar="N", help="instead: data-parallel scaling through torchrun, 1 vs N processes "
-                                                          "(scripts/benchmark_ddp.py): images/s per process and scaling efficiency")
+    p.add_argument(
+        "--nproc",
+        type=int,
+        metavar="N",
+        help="instead: data-parallel scaling through torchrun, 1 vs N processes "
+        "(scripts/benchmark_ddp.py): images/s per process and scaling efficiency",
+    )
     p.add_argument("--sync-bn", action="store_true", help="with --nproc: train.sync_bn (global batch norm)")
     p.add_argument("--out", type=Path, help="write the results as JSON here")
     return p.parse_args(argv)
@@ -257,12 +262,14 @@ class NaiveTransform:
     """
 
     def __init__(self, size: int):
-        self.pipeline = v2.Compose([
-            v2.RandomResizedCrop((size, size), antialias=True),
-            v2.RandomHorizontalFlip(),
-            v2.ToDtype({tv_tensors.Image: torch.float32, "others": None}, scale=True),
-            v2.Normalize(IMAGENET_MEAN, IMAGENET_STD),
-        ])
+        self.pipeline = v2.Compose(
+            [
+                v2.RandomResizedCrop((size, size), antialias=True),
+                v2.RandomHorizontalFlip(),
+                v2.ToDtype({tv_tensors.Image: torch.float32, "others": None}, scale=True),
+                v2.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+            ]
+        )
 
     def __call__(self, image, trimap):
         image = tv_tensors.Image(TF.pil_to_tensor(image))
@@ -270,15 +277,18 @@ class NaiveTransform:
         return self.pipeline(image, mask)
 
 
-def time_naive(root: str, names: list[str], cfg, size: int, batch_size: int, workers: int, device: torch.device,
-               warmup: int, steps: int) -> dict[str, Any]:
+def time_naive(
+    root: str, names: list[str], cfg, size: int, batch_size: int, workers: int, device: torch.device, warmup: int, steps: int
+) -> dict[str, Any]:
     """A naive baseline in the same process: torchvision's OxfordIIITPet (decoded every epoch) with per-image v2
     transforms in `workers` DataLoader workers, feeding a plain fp32 step (no autocast, no channels_last,
     cudnn.benchmark off as by default, loss.item() every step) on a fresh model."""
-    dataset = torchvision.datasets.OxfordIIITPet(root, split="trainval", target_types="segmentation",
-                                                 transforms=NaiveTransform(size), download=False)
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=workers, drop_last=True,
-                        generator=torch.Generator().manual_seed(0))
+    dataset = torchvision.datasets.OxfordIIITPet(
+        root, split="trainval", target_types="segmentation", transforms=NaiveTransform(size), download=False
+    )
+    loader = DataLoader(
+        dataset, batch_size=batch_size, shuffle=True, num_workers=workers, drop_last=True, generator=torch.Generator().manual_seed(0)
+    )
     model = build_model(cfg.model, len(names)).to(device)
     loss_fn = torch.nn.CrossEntropyLoss()
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr)
@@ -317,8 +327,14 @@ def run_benchmark(args: argparse.Namespace, log: Callable[[str], None] = print) 
     load_avg_start = os.getloadavg()
 
     overrides = [
-        f"data.root={args.data_root}", f"data.image_size={size}", f"data.batch_size={batch_size}", f"data.num_workers={workers}",
-        f"model.arch={args.arch}", f"model.encoder={encoder}", "model.encoder_weights=null", f"train.device={args.device}",
+        f"data.root={args.data_root}",
+        f"data.image_size={size}",
+        f"data.batch_size={batch_size}",
+        f"data.num_workers={workers}",
+        f"model.arch={args.arch}",
+        f"model.encoder={encoder}",
+        "model.encoder_weights=null",
+        f"train.device={args.device}",
     ]
     if args.synthetic:
         overrides += ["data.source=synthetic", f"data.synthetic_images={args.synthetic}"]
@@ -350,10 +366,12 @@ def run_benchmark(args: argparse.Namespace, log: Callable[[str], None] = print) 
 
     def synced(loader_for_epoch: Callable[[int], Iterable]) -> Callable[[int], Iterator]:
         """Batches handed out only once the device has made them (device batches are queued asynchronously)."""
+
         def epoch_batches(epoch: int) -> Iterator:
             for batch in loader_for_epoch(epoch):
                 sync(device)
                 yield batch
+
         return epoch_batches
 
     results: dict[str, dict[str, Any]] = {}
@@ -366,9 +384,11 @@ def run_benchmark(args: argparse.Namespace, log: Callable[[str], None] = print) 
         reset_peak(device)  # each phase's peak on its own
         log(f"  {name:<16} {result['images_per_s']:8.1f} img/s")
 
-    log(f"benchmark on {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else cpu_model()}): "
+    log(
+        f"benchmark on {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else cpu_model()}): "
         f"{args.arch}/{encoder} {size} px, batch {batch_size}, {workers} workers, "
-        f"amp {str(amp_dtype).replace('torch.', '') if amp_dtype else 'off'}, channels_last {channels_last}, compile {args.compile}")
+        f"amp {str(amp_dtype).replace('torch.', '') if amp_dtype else 'off'}, channels_last {channels_last}, compile {args.compile}"
+    )
 
     # 1. The ceiling and the training loop on resident data.
     images = torch.randn(batch_size, 3, size, size, device=device).contiguous(memory_format=runtime.memory_format)
@@ -389,7 +409,9 @@ def run_benchmark(args: argparse.Namespace, log: Callable[[str], None] = print) 
             started = time.perf_counter()
             path = None
             for split, ds in (("train", train_set), ("val", val_set)):
-                path = attach_cache(ds, cache, data_root=cfg.data.root, run_dir=args.run_dir, num_workers=workers, log=log, name=split) or path
+                path = (
+                    attach_cache(ds, cache, data_root=cfg.data.root, run_dir=args.run_dir, num_workers=workers, log=log, name=split) or path
+                )
             entries = train_set.cache + val_set.cache
             size_mib = sum(t.numel() * t.element_size() for pair in entries for t in pair) / 2**20
             if cache == "device":
@@ -429,7 +451,9 @@ def run_benchmark(args: argparse.Namespace, log: Callable[[str], None] = print) 
         # the end-to-end ratio train/engine_resident is the one that shows the real cost).
         derived[f"data_over_train_step_{cache}"] = results[f"data_{cache}"]["images_per_s"] / results[f"train_{cache}"]["images_per_s"]
         derived[f"data_over_ceiling_{cache}"] = results[f"data_{cache}"]["images_per_s"] / ceiling
-        derived[f"train_over_engine_resident_{cache}"] = results[f"train_{cache}"]["images_per_s"] / results["engine_resident"]["images_per_s"]
+        derived[f"train_over_engine_resident_{cache}"] = (
+            results[f"train_{cache}"]["images_per_s"] / results["engine_resident"]["images_per_s"]
+        )
         derived[f"eval_over_train_{cache}"] = results[f"eval_{cache}"]["images_per_s"] / results[f"train_{cache}"]["images_per_s"]
         if "naive_fp32" in results:
             derived[f"train_over_naive_{cache}"] = results[f"train_{cache}"]["images_per_s"] / results["naive_fp32"]["images_per_s"]
@@ -469,8 +493,15 @@ def run_benchmark(args: argparse.Namespace, log: Callable[[str], None] = print) 
         "timed_steps": steps,
         "cache": args.cache,
         "ceiling_only": args.ceiling_only,
-        "naive_baseline": {"workers": naive_workers, "amp": None, "channels_last": False, "cudnn_benchmark": False,
-                           "dataset": "torchvision OxfordIIITPet trainval, decoded every epoch"} if args.naive_baseline else None,
+        "naive_baseline": {
+            "workers": naive_workers,
+            "amp": None,
+            "channels_last": False,
+            "cudnn_benchmark": False,
+            "dataset": "torchvision OxfordIIITPet trainval, decoded every epoch",
+        }
+        if args.naive_baseline
+        else None,
         "command": "python scripts/benchmark.py " + " ".join(args.argv),
     }
     return {"settings": settings, "results": results, "derived": derived, "cache": cache_info, "memory": memory}
@@ -498,12 +529,25 @@ def scaling_settings(args: argparse.Namespace) -> dict[str, Any]:
     """--nproc: the settings every torchrun process uses, with this script's device-dependent defaults."""
     device = Runtime.create(args.device, amp=args.amp, key="--device").device
     defaults = GPU_DEFAULTS if device.type == "cuda" else CPU_DEFAULTS
-    return {"device": device.type if args.device == "auto" else args.device, "amp": args.amp, "threads": args.threads,
-            "data_root": args.data_root, "synthetic": args.synthetic, "image_size": args.image_size or defaults["image_size"],
-            "batch_size": args.batch_size or defaults["batch_size"], "arch": args.arch, "encoder": args.encoder or defaults["encoder"],
-            "steps": args.steps or defaults["steps"], "warmup": defaults["warmup"] if args.warmup is None else args.warmup,
-            "workers": args.workers if args.workers == "auto" else int(args.workers), "cache": args.cache, "run_dir": args.run_dir,
-            "sync_bn": args.sync_bn, "compile": args.compile, "command": "python scripts/benchmark.py " + " ".join(args.argv)}
+    return {
+        "device": device.type if args.device == "auto" else args.device,
+        "amp": args.amp,
+        "threads": args.threads,
+        "data_root": args.data_root,
+        "synthetic": args.synthetic,
+        "image_size": args.image_size or defaults["image_size"],
+        "batch_size": args.batch_size or defaults["batch_size"],
+        "arch": args.arch,
+        "encoder": args.encoder or defaults["encoder"],
+        "steps": args.steps or defaults["steps"],
+        "warmup": defaults["warmup"] if args.warmup is None else args.warmup,
+        "workers": args.workers if args.workers == "auto" else int(args.workers),
+        "cache": args.cache,
+        "run_dir": args.run_dir,
+        "sync_bn": args.sync_bn,
+        "compile": args.compile,
+        "command": "python scripts/benchmark.py " + " ".join(args.argv),
+    }
 
 
 def main(argv: Optional[list[str]] = None) -> int:

@@ -63,8 +63,19 @@ def run_scaling(args: argparse.Namespace, settings: dict[str, Any], log: Callabl
     for nproc in sorted({1, args.nproc}):
         with tempfile.TemporaryDirectory() as folder:
             out = Path(folder) / "ranks.json"
-            command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc), str(SCRIPT),
-                       "--out", str(out), "--settings", json.dumps(settings)]
+            command = [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--standalone",
+                "--nproc-per-node",
+                str(nproc),
+                str(SCRIPT),
+                "--out",
+                str(out),
+                "--settings",
+                json.dumps(settings),
+            ]
             log(f"torchrun, {nproc} process(es): {' '.join(command[3:7])} ...")
             env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
             started = time.perf_counter()
@@ -83,8 +94,11 @@ def run_scaling(args: argparse.Namespace, settings: dict[str, Any], log: Callabl
 
 def summarise(ranks: list[dict[str, Any]], phase: str) -> dict[str, Any]:
     per_process = [rank[phase]["images_per_s"] for rank in ranks]
-    return {"images_per_s": sum(per_process), "images_per_s_per_process": per_process,
-            "ms_per_step": max(rank[phase]["ms_per_step"] for rank in ranks)}
+    return {
+        "images_per_s": sum(per_process),
+        "images_per_s_per_process": per_process,
+        "ms_per_step": max(rank[phase]["ms_per_step"] for rank in ranks),
+    }
 
 
 def format_scaling(report: dict[str, Any]) -> str:
@@ -136,9 +150,18 @@ def worker(settings: dict[str, Any], out: Path) -> None:
     runtime = Runtime.create(s["device"], amp=s["amp"])
     join_process_group(runtime.device, 600)
     torch.set_num_threads(s["threads"] or torch.get_num_threads())
-    cfg = load_config(None, [f"data.root={s['data_root']}", f"data.image_size={s['image_size']}", f"data.batch_size={s['batch_size']}",
-                             f"model.arch={s['arch']}", f"model.encoder={s['encoder']}", "model.encoder_weights=null",
-                             *(["data.source=synthetic", f"data.synthetic_images={s['synthetic']}"] if s["synthetic"] else [])])
+    cfg = load_config(
+        None,
+        [
+            f"data.root={s['data_root']}",
+            f"data.image_size={s['image_size']}",
+            f"data.batch_size={s['batch_size']}",
+            f"model.arch={s['arch']}",
+            f"model.encoder={s['encoder']}",
+            "model.encoder_weights=null",
+            *(["data.source=synthetic", f"data.synthetic_images={s['synthetic']}"] if s["synthetic"] else []),
+        ],
+    )
     names = class_names(cfg.data.border)
     runtime.apply_backend_flags()
     torch.manual_seed(0)
@@ -147,7 +170,9 @@ def worker(settings: dict[str, Any], out: Path) -> None:
     step_model = data_parallel(model, runtime)
     step_model = torch.compile(step_model) if s["compile"] else step_model
     loss_fn = build_loss(cfg.loss, names, None).to(runtime.device)
-    optimizer = build_optimizer(cfg.optim.name, model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay, momentum=cfg.optim.momentum)
+    optimizer = build_optimizer(
+        cfg.optim.name, model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay, momentum=cfg.optim.momentum
+    )
     total, warmup = s["warmup"] + s["steps"] + 1, s["warmup"]
     rates: dict[str, Any] = {}
 

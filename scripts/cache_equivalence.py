@@ -49,31 +49,50 @@ def main(argv: Optional[list[str]] = None) -> int:
     for seed in args.seeds:
         for cache in args.caches:
             name = f"cache_{cache}_seed{seed}"
-            cfg = load_config(None, [
-                f"run.output_dir={args.output_dir}", f"run.name={name}", f"run.seed={seed}",
-                f"data.root={args.data_root}", f"data.image_size={args.image_size}", "data.batch_size=8",
-                f"data.num_workers={args.workers}", f"data.cache={cache}",
-                f"model.encoder={args.encoder}", "model.encoder_weights=null",
-                f"optim.epochs={args.epochs}", "optim.lr=0.003", f"train.device={args.device}", "train.overlays=0",
-            ])
+            cfg = load_config(
+                None,
+                [
+                    f"run.output_dir={args.output_dir}",
+                    f"run.name={name}",
+                    f"run.seed={seed}",
+                    f"data.root={args.data_root}",
+                    f"data.image_size={args.image_size}",
+                    "data.batch_size=8",
+                    f"data.num_workers={args.workers}",
+                    f"data.cache={cache}",
+                    f"model.encoder={args.encoder}",
+                    "model.encoder_weights=null",
+                    f"optim.epochs={args.epochs}",
+                    "optim.lr=0.003",
+                    f"train.device={args.device}",
+                    "train.overlays=0",
+                ],
+            )
             test = train(cfg, overwrite=True, log=lambda line, name=name: print(f"[{name}] {line}", flush=True))
             rows = [json.loads(line) for line in (cfg.run_dir / "metrics.jsonl").read_text().splitlines()]
-            runs.append({
-                "seed": seed, "cache": cache,
-                "best_val_miou": max(r["val_miou"] for r in rows),
-                "last_val_miou": rows[-1]["val_miou"],
-                "test_miou": test.get("miou"),
-                "mean_epoch_s": statistics.mean(r["seconds"] for r in rows),
-                "first_epoch_s": rows[0]["seconds"],
-                "val_miou_per_epoch": [r["val_miou"] for r in rows],
-            })
+            runs.append(
+                {
+                    "seed": seed,
+                    "cache": cache,
+                    "best_val_miou": max(r["val_miou"] for r in rows),
+                    "last_val_miou": rows[-1]["val_miou"],
+                    "test_miou": test.get("miou"),
+                    "mean_epoch_s": statistics.mean(r["seconds"] for r in rows),
+                    "first_epoch_s": rows[0]["seconds"],
+                    "val_miou_per_epoch": [r["val_miou"] for r in rows],
+                }
+            )
     print(f"\n{'seed':>4} {'cache':>7} {'best val mIoU':>14} {'last val mIoU':>14} {'test mIoU':>10} {'s/epoch':>8}")
     for r in runs:
-        print(f"{r['seed']:>4} {r['cache']:>7} {r['best_val_miou']:>14.4f} {r['last_val_miou']:>14.4f} {r['test_miou']:>10.4f} {r['mean_epoch_s']:>8.1f}")
+        print(
+            f"{r['seed']:>4} {r['cache']:>7} {r['best_val_miou']:>14.4f} {r['last_val_miou']:>14.4f} {r['test_miou']:>10.4f} {r['mean_epoch_s']:>8.1f}"
+        )
     summary = {}
     for cache in args.caches:
         chosen = [r for r in runs if r["cache"] == cache]
-        summary[cache] = {key: statistics.mean(r[key] for r in chosen) for key in ("best_val_miou", "last_val_miou", "test_miou", "mean_epoch_s")}
+        summary[cache] = {
+            key: statistics.mean(r[key] for r in chosen) for key in ("best_val_miou", "last_val_miou", "test_miou", "mean_epoch_s")
+        }
         if len(chosen) > 1:  # the seed-to-seed spread, against which a difference between caches is judged
             summary[cache] |= {f"{key}_std": statistics.stdev(r[key] for r in chosen) for key in ("best_val_miou", "test_miou")}
     print("means: " + "; ".join(f"{c}: " + ", ".join(f"{k} {v:.4f}" for k, v in s.items()) for c, s in summary.items()))

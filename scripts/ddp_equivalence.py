@@ -65,13 +65,27 @@ def main() -> int:
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
     torch.use_deterministic_algorithms(True, warn_only=True)
-    cfg = load_config(None, ["data.source=synthetic", f"data.root={args.data_root}", "data.synthetic_images=35", "data.val_fraction=0.2",
-                             "data.augment=false", "data.image_size=32", "model.encoder=resnet18", "model.encoder_weights=null"])
+    cfg = load_config(
+        None,
+        [
+            "data.source=synthetic",
+            f"data.root={args.data_root}",
+            "data.synthetic_images=35",
+            "data.val_fraction=0.2",
+            "data.augment=false",
+            "data.image_size=32",
+            "model.encoder=resnet18",
+            "model.encoder_weights=null",
+        ],
+    )
     train = build_datasets(cfg)["train"]
-    batches = [next(iter(make_loader(train, world * 4, shuffle=True, num_workers=0, seed=epoch_seed(0, e), drop_last=True)))
-               for e in range(1, STEPS + 1)]
+    batches = [
+        next(iter(make_loader(train, world * 4, shuffle=True, num_workers=0, seed=epoch_seed(0, e), drop_last=True)))
+        for e in range(1, STEPS + 1)
+    ]
     runtime = Runtime(torch.device("cpu"))
     mine, everything = slice(rank, None, world), slice(None)
+
     def fresh(dtype: torch.dtype) -> nn.Module:
         torch.manual_seed(0)
         return build_model(cfg.model, 3).to(dtype)
@@ -80,8 +94,9 @@ def main() -> int:
         one = losses(fresh(dtype), batches, everything, dtype)
         rows = {
             "ddp+sync_bn": losses(data_parallel(global_batch_norm(fresh(dtype), runtime), runtime), batches, mine, dtype),
-            "reordered": losses(fresh(dtype), [(x[torch.arange(len(x)).roll(1)], y[torch.arange(len(y)).roll(1)]) for x, y in batches],
-                                everything, dtype),
+            "reordered": losses(
+                fresh(dtype), [(x[torch.arange(len(x)).roll(1)], y[torch.arange(len(y)).roll(1)]) for x, y in batches], everything, dtype
+            ),
             "ddp": losses(data_parallel(fresh(dtype), runtime), batches, mine, dtype),
         }
         if rank == 0:

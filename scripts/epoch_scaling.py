@@ -67,10 +67,20 @@ def main(argv: Optional[list[str]] = None) -> int:
     runtime = Runtime.create("cpu")
     rows: list[dict[str, Any]] = []
     fits: dict[str, dict[str, float]] = {}
-    print(f"epoch scaling on CPU: {args.encoder}, batch {args.batch_size}, {workers} workers, cache {args.cache}, torch threads {torch.get_num_threads()}")
+    print(
+        f"epoch scaling on CPU: {args.encoder}, batch {args.batch_size}, {workers} workers, cache {args.cache}, torch threads {torch.get_num_threads()}"
+    )
     for size in args.sizes:
-        cfg = load_config(None, [f"data.root={args.data_root}", f"data.image_size={size}", f"model.encoder={args.encoder}",
-                                 "model.encoder_weights=null", "train.device=cpu"])
+        cfg = load_config(
+            None,
+            [
+                f"data.root={args.data_root}",
+                f"data.image_size={size}",
+                f"model.encoder={args.encoder}",
+                "model.encoder_weights=null",
+                "train.device=cpu",
+            ],
+        )
         names = class_names(cfg.data.border)
         datasets = build_datasets(cfg)
         train_set, val_set = datasets["train"], datasets["val"]
@@ -90,19 +100,35 @@ def main(argv: Optional[list[str]] = None) -> int:
             subset = Subset(train_set, sorted(order[: max(args.batch_size, round(fraction * len(train_set)))]))
             torch.manual_seed(epoch_seed(cfg.run.seed, 1))
             started = time.perf_counter()
-            loader = make_loader(subset, args.batch_size, shuffle=True, num_workers=workers, seed=epoch_seed(cfg.run.seed, 1), drop_last=True)
+            loader = make_loader(
+                subset, args.batch_size, shuffle=True, num_workers=workers, seed=epoch_seed(cfg.run.seed, 1), drop_last=True
+            )
             stats = train_one_epoch(model, loader, loss_fn, optimizer, None, runtime, desc=f"{size}px {len(subset)}")
             train_s = time.perf_counter() - started
             started = time.perf_counter()
-            evaluate_batches(model, make_loader(val_set, args.batch_size, shuffle=False, num_workers=workers), len(names), runtime, loss_fn=loss_fn)
+            evaluate_batches(
+                model, make_loader(val_set, args.batch_size, shuffle=False, num_workers=workers), len(names), runtime, loss_fn=loss_fn
+            )
             val_s = time.perf_counter() - started
             images = stats["steps"] * args.batch_size
-            row = {"image_size": size, "subset_images": len(subset), "trained_images": images, "steps": stats["steps"],
-                   "train_s": train_s, "val_s": val_s, "val_images": len(val_set), "epoch_s": train_s + val_s,
-                   "s_per_step": train_s / max(stats["steps"], 1), "train_images_per_s": images / train_s}
+            row = {
+                "image_size": size,
+                "subset_images": len(subset),
+                "trained_images": images,
+                "steps": stats["steps"],
+                "train_s": train_s,
+                "val_s": val_s,
+                "val_images": len(val_set),
+                "epoch_s": train_s + val_s,
+                "s_per_step": train_s / max(stats["steps"], 1),
+                "train_images_per_s": images / train_s,
+            }
             rows.append(row)
-            print(f"  {size:>4} px  {images:>4} images  {stats['steps']:>3} steps  train {train_s:7.1f}s  "
-                  f"val {val_s:5.1f}s  {row['s_per_step']:.2f} s/step  {row['train_images_per_s']:.1f} img/s", flush=True)
+            print(
+                f"  {size:>4} px  {images:>4} images  {stats['steps']:>3} steps  train {train_s:7.1f}s  "
+                f"val {val_s:5.1f}s  {row['s_per_step']:.2f} s/step  {row['train_images_per_s']:.1f} img/s",
+                flush=True,
+            )
         sized = [r for r in rows if r["image_size"] == size]
         start, per_image = fit_line([r["trained_images"] for r in sized], [r["train_s"] for r in sized])
         fits[str(size)] = {"fixed_s": start, "s_per_image": per_image}
@@ -112,10 +138,20 @@ def main(argv: Optional[list[str]] = None) -> int:
         for size in args.sizes[1:]:
             ratio = fits[str(size)]["s_per_image"] / fits[base]["s_per_image"] if fits[base]["s_per_image"] else float("nan")
             print(f"  per-image cost {size} px / {base} px: {ratio:.2f} (pixels ratio {(size / int(base)) ** 2:.2f})")
-    report = {"settings": {"data_root": args.data_root, "encoder": args.encoder, "batch_size": args.batch_size, "workers": workers,
-                           "cache": args.cache, "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-                           "command": "python scripts/epoch_scaling.py " + " ".join(sys.argv[1:] if argv is None else argv)},
-              "rows": rows, "fits": fits}
+    report = {
+        "settings": {
+            "data_root": args.data_root,
+            "encoder": args.encoder,
+            "batch_size": args.batch_size,
+            "workers": workers,
+            "cache": args.cache,
+            "torch_threads": torch.get_num_threads(),
+            "torch": torch.__version__,
+            "command": "python scripts/epoch_scaling.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        },
+        "rows": rows,
+        "fits": fits,
+    }
     if args.out is not None:
         write_json(args.out, report)
         print(f"written to {args.out}")

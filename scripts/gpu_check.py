@@ -95,18 +95,39 @@ TRAIN_WRAPPER = (  # python -m seg_pet train, then the process's peak GPU memory
 
 
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog="\n".join(__doc__.splitlines()[2:]))
-    p.add_argument("--out", type=Path, default=Path("gpu_check"), help="folder for gpu_check.json, gpu_check.md and logs/ (default ./gpu_check)")
-    p.add_argument("--data-root", type=Path, help="a data root holding oxford-iiit-pet/ (used as is), or where to build the bench set "
-                                                 "(default: a temporary folder, removed at the end)")
-    p.add_argument("--from", dest="source", type=Path, help="the real slice's data root for make_bench_data.py "
-                                                           f"(default: the first of {', '.join(str(s) for s in SOURCES)} that exists)")
+    p = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="\n".join(__doc__.splitlines()[2:]),
+    )
+    p.add_argument(
+        "--out", type=Path, default=Path("gpu_check"), help="folder for gpu_check.json, gpu_check.md and logs/ (default ./gpu_check)"
+    )
+    p.add_argument(
+        "--data-root",
+        type=Path,
+        help="a data root holding oxford-iiit-pet/ (used as is), or where to build the bench set "
+        "(default: a temporary folder, removed at the end)",
+    )
+    p.add_argument(
+        "--from",
+        dest="source",
+        type=Path,
+        help=f"the real slice's data root for make_bench_data.py (default: the first of {', '.join(str(s) for s in SOURCES)} that exists)",
+    )
     p.add_argument("--epochs", type=int, default=3, help="epochs of the training run (default 3)")
     p.add_argument("--train-cache", choices=("none", "memory", "device"), default="device", help="data.cache of the training run")
-    p.add_argument("--steps", nargs="+", choices=list(STEPS)[1:], default=list(STEPS)[1:], metavar="STEP",
-                   help=f"run only these steps (environment always runs): {' '.join(list(STEPS)[1:])}")
-    p.add_argument("--budget", type=float, default=540.0, help="seconds for the whole check; a step that no longer fits is skipped (default 540)")
+    p.add_argument(
+        "--steps",
+        nargs="+",
+        choices=list(STEPS)[1:],
+        default=list(STEPS)[1:],
+        metavar="STEP",
+        help=f"run only these steps (environment always runs): {' '.join(list(STEPS)[1:])}",
+    )
+    p.add_argument(
+        "--budget", type=float, default=540.0, help="seconds for the whole check; a step that no longer fits is skipped (default 540)"
+    )
     p.add_argument("--dry-run", action="store_true", help="list the steps and exit (works without CUDA)")
     return p.parse_args(argv)
 
@@ -121,16 +142,20 @@ def refusal() -> Optional[str]:
     except ImportError:
         return "gpu_check: torch is not installed in this Python; run the check with the Python that holds PyTorch"
     if not torch.cuda.is_available():
-        return (f"gpu_check: no CUDA GPU here (torch {torch.__version__} sees none); run it on a machine with one, "
-                "e.g. `python scripts/gpu_check.py --out gpu_check` (--dry-run lists the steps)")
+        return (
+            f"gpu_check: no CUDA GPU here (torch {torch.__version__} sees none); run it on a machine with one, "
+            "e.g. `python scripts/gpu_check.py --out gpu_check` (--dry-run lists the steps)"
+        )
     for module, package in NEEDED.items():
         try:
             importlib.import_module(module)
         except ImportError:
             version = "==0.6.0" if package == "segmentation-models-pytorch" else ""
-            return (f"gpu_check: {package} is not installed here; carry its wheel: where pip can reach PyPI, "
-                    f"`pip download --no-deps --only-binary=:all: -d .whl {package}{version}`, then here "
-                    "`pip install --no-deps --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site` (see docs/performance.md)")
+            return (
+                f"gpu_check: {package} is not installed here; carry its wheel: where pip can reach PyPI, "
+                f"`pip download --no-deps --only-binary=:all: -d .whl {package}{version}`, then here "
+                "`pip install --no-deps --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site` (see docs/performance.md)"
+            )
     return None
 
 
@@ -157,8 +182,9 @@ def environment() -> dict[str, Any]:
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
     }
     try:
-        query = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"],
-                               capture_output=True, text=True, timeout=20)
+        query = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"], capture_output=True, text=True, timeout=20
+        )
         if query.returncode == 0 and query.stdout.strip():
             env["driver"] = query.stdout.strip().splitlines()[0].split(",")[-1].strip()
     except (OSError, subprocess.TimeoutExpired):
@@ -176,12 +202,20 @@ class Check:
         self.args, self.out = args, args.out
         self.logs = self.out / "logs"
         self.deadline = time.monotonic() + args.budget
-        self.env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])]),
-                    "PYTHONUNBUFFERED": "1", "CUBLAS_WORKSPACE_CONFIG": os.environ.get("CUBLAS_WORKSPACE_CONFIG", ":4096:8")}
+        self.env = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])]),
+            "PYTHONUNBUFFERED": "1",
+            "CUBLAS_WORKSPACE_CONFIG": os.environ.get("CUBLAS_WORKSPACE_CONFIG", ":4096:8"),
+        }
         self.results: dict[str, Any] = {
             "command": "python scripts/gpu_check.py " + " ".join(argv),
             "goals_defined": {name: {"threshold": t, "compare": c, "what": w} for name, (t, c, w) in GOALS.items()},
-            "environment": {}, "steps": {}, "benchmark": {}, "training": {}, "cuda_tests": {},
+            "environment": {},
+            "steps": {},
+            "benchmark": {},
+            "training": {},
+            "cuda_tests": {},
         }
         self.temporary: Optional[Path] = None  # a bench set built in a temporary folder, removed at the end
 
@@ -240,8 +274,11 @@ def step_data(check: Check) -> Optional[Path]:
         return given
     source = find_source(check.args.source)
     if source is None:
-        check.results["steps"]["data"] = {"status": "failed", "note": "no real Oxford-IIIT Pet slice to build the bench set from: pass --from DIR "
-                                          "(a data root holding oxford-iiit-pet/) or --data-root with a full dataset"}
+        check.results["steps"]["data"] = {
+            "status": "failed",
+            "note": "no real Oxford-IIIT Pet slice to build the bench set from: pass --from DIR "
+            "(a data root holding oxford-iiit-pet/) or --data-root with a full dataset",
+        }
         return None
     root = given if given is not None else Path(tempfile.mkdtemp(prefix="seg_pet_bench_"))
     if given is None:
@@ -251,9 +288,25 @@ def step_data(check: Check) -> Optional[Path]:
 
 
 def benchmark_command(check: Check, root: Path, name: str, *extra: str) -> list[str]:
-    return [PYTHON, str(REPO / "scripts" / "benchmark.py"), "--device", "cuda", "--data-root", str(root),
-            "--image-size", str(BENCH["image_size"]), "--batch-size", str(BENCH["batch_size"]), "--encoder", BENCH["encoder"],
-            "--run-dir", str(check.out / "bench_run"), "--out", str(check.out / f"{name}.json"), *extra]
+    return [
+        PYTHON,
+        str(REPO / "scripts" / "benchmark.py"),
+        "--device",
+        "cuda",
+        "--data-root",
+        str(root),
+        "--image-size",
+        str(BENCH["image_size"]),
+        "--batch-size",
+        str(BENCH["batch_size"]),
+        "--encoder",
+        BENCH["encoder"],
+        "--run-dir",
+        str(check.out / "bench_run"),
+        "--out",
+        str(check.out / f"{name}.json"),
+        *extra,
+    ]
 
 
 def step_benchmark(check: Check, root: Path, name: str, *extra: str) -> None:
@@ -277,20 +330,37 @@ def train_run(check: Check, root: Path, runs: Path) -> None:
     config.write_text("")
     peak_file = runs / "peak.json"
     sets = {
-        "run.output_dir": runs, "run.name": "gpu_check", "data.root": root, "data.image_size": BENCH["image_size"],
-        "data.batch_size": BENCH["batch_size"], "data.num_workers": "auto", "data.cache": check.args.train_cache,
-        "model.encoder": BENCH["encoder"], "model.encoder_weights": "null", "optim.epochs": check.args.epochs,
-        "train.device": "cuda", "train.overlays": 2,
+        "run.output_dir": runs,
+        "run.name": "gpu_check",
+        "data.root": root,
+        "data.image_size": BENCH["image_size"],
+        "data.batch_size": BENCH["batch_size"],
+        "data.num_workers": "auto",
+        "data.cache": check.args.train_cache,
+        "model.encoder": BENCH["encoder"],
+        "model.encoder_weights": "null",
+        "optim.epochs": check.args.epochs,
+        "train.device": "cuda",
+        "train.overlays": 2,
     }
-    cmd = [PYTHON, "-c", TRAIN_WRAPPER, str(peak_file), "train", "--config", str(config),
-           *[arg for key, value in sets.items() for arg in ("--set", f"{key}={value}")]]
+    cmd = [
+        PYTHON,
+        "-c",
+        TRAIN_WRAPPER,
+        str(peak_file),
+        "train",
+        "--config",
+        str(config),
+        *[arg for key, value in sets.items() for arg in ("--set", f"{key}={value}")],
+    ]
     code = check.run("train", cmd)
     run_dir = runs / "gpu_check"
     training: dict[str, Any] = {"cache": check.args.train_cache, "epochs_asked": check.args.epochs}
     if (run_dir / "metrics.jsonl").is_file():
         rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-        training["epochs"] = [{"epoch": r["epoch"], "seconds": r["seconds"], "train_loss": r["train_loss"], "val_miou": r["val_miou"]}
-                              for r in rows]
+        training["epochs"] = [
+            {"epoch": r["epoch"], "seconds": r["seconds"], "train_loss": r["train_loss"], "val_miou": r["val_miou"]} for r in rows
+        ]
     log = (check.logs / "train.log").read_text(errors="replace") if (check.logs / "train.log").is_file() else ""
     match = re.search(r"(\d+) train / (\d+) val images", log)  # train's own first line states the split
     training["train_images"], training["val_images"] = (int(match[1]), int(match[2])) if match else (None, None)
@@ -304,8 +374,9 @@ def train_run(check: Check, root: Path, runs: Path) -> None:
 
 def step_cuda_tests(check: Check) -> None:
     xml_path = check.out / "cuda_tests.xml"
-    check.run("cuda_tests", [PYTHON, "-m", "pytest", "-m", "cuda", "tests/cuda", "-q", "-rA", "-p", "no:cacheprovider",
-                             f"--junitxml={xml_path}"])
+    check.run(
+        "cuda_tests", [PYTHON, "-m", "pytest", "-m", "cuda", "tests/cuda", "-q", "-rA", "-p", "no:cacheprovider", f"--junitxml={xml_path}"]
+    )
     log_path = check.logs / "cuda_tests.log"
     summary = ""
     if log_path.is_file():
@@ -384,9 +455,13 @@ def derive(results: dict[str, Any]) -> dict[str, Any]:
                 "peak_gpu_mib_train": peaks.get(phase),
                 "peak_gpu_mib_eval": peaks.get(f"eval_{cache}"),
             }
-    best = max((c for c in caches if caches[c]["train_epoch_images_per_s"]), key=lambda c: caches[c]["train_epoch_images_per_s"], default=None)
+    best = max(
+        (c for c in caches if caches[c]["train_epoch_images_per_s"]), key=lambda c: caches[c]["train_epoch_images_per_s"], default=None
+    )
     compile_ceiling = bench.get("compile", {}).get("results", {}).get("ceiling", {}).get("images_per_s")
-    plain_ceilings = [r["results"]["ceiling"]["images_per_s"] for n, r in bench.items() if n != "compile" and "ceiling" in r.get("results", {})]
+    plain_ceilings = [
+        r["results"]["ceiling"]["images_per_s"] for n, r in bench.items() if n != "compile" and "ceiling" in r.get("results", {})
+    ]
     epochs = results.get("training", {}).get("epochs", [])
     later = [e["seconds"] for e in epochs[1:]] or [e["seconds"] for e in epochs]
     return {
@@ -407,11 +482,16 @@ def check_goals(results: dict[str, Any]) -> list[dict[str, Any]]:
     training = results.get("training", {})
     values: dict[str, tuple[Optional[float], str]] = {
         "train_vs_ceiling": (chosen.get("train_over_ceiling"), f"data.cache {best}" if best else "no training phase measured"),
-        "train_vs_naive": (chosen.get("train_over_naive"),
-                           f"data.cache {best}" if derived["naive_images_per_s"] else "naive baseline not measured"),
+        "train_vs_naive": (
+            chosen.get("train_over_naive"),
+            f"data.cache {best}" if derived["naive_images_per_s"] else "naive baseline not measured",
+        ),
         "eval_vs_train": (chosen.get("eval_over_train"), f"data.cache {best}" if best else "no evaluation phase measured"),
-        "epoch_seconds": (derived["epoch_seconds"], f"training run, data.cache {training.get('cache')}, "
-                          f"median of {max(len(training.get('epochs', [])) - 1, 1)} epoch(s) after the first"),
+        "epoch_seconds": (
+            derived["epoch_seconds"],
+            f"training run, data.cache {training.get('cache')}, "
+            f"median of {max(len(training.get('epochs', [])) - 1, 1)} epoch(s) after the first",
+        ),
     }
     if training.get("train_images") not in (None, FULL_TRAIN_IMAGES) and derived["epoch_seconds"] is not None:
         values["epoch_seconds"] = (None, f"the training split has {training['train_images']} images, not {FULL_TRAIN_IMAGES:,}")
@@ -436,41 +516,61 @@ def render_markdown(results: dict[str, Any]) -> str:
     env = results.get("environment", {})
     lines = ["# GPU check", ""]
     if env:
-        lines += [f"{env.get('gpu', '?')} ({_num(env.get('gpu_memory_mib'), 0)} MiB), driver {env.get('driver') or '?'}, "
-                  f"torch {env.get('torch')}, CUDA {env.get('cuda')}, cuDNN {env.get('cudnn')}, torchvision {env.get('torchvision')}, "
-                  f"smp {env.get('smp')}, Python {env.get('python')}, {env.get('usable_cpus')} usable CPUs; {env.get('date', '')}.", ""]
-    lines += [f"Command: `{results.get('command', 'python scripts/gpu_check.py')}`. Benchmarks: {BENCH['image_size']} px, batch "
-              f"{BENCH['batch_size']}, U-Net {BENCH['encoder']} (random init), bf16 autocast, channels_last, cudnn.benchmark.", ""]
+        lines += [
+            f"{env.get('gpu', '?')} ({_num(env.get('gpu_memory_mib'), 0)} MiB), driver {env.get('driver') or '?'}, "
+            f"torch {env.get('torch')}, CUDA {env.get('cuda')}, cuDNN {env.get('cudnn')}, torchvision {env.get('torchvision')}, "
+            f"smp {env.get('smp')}, Python {env.get('python')}, {env.get('usable_cpus')} usable CPUs; {env.get('date', '')}.",
+            "",
+        ]
+    lines += [
+        f"Command: `{results.get('command', 'python scripts/gpu_check.py')}`. Benchmarks: {BENCH['image_size']} px, batch "
+        f"{BENCH['batch_size']}, U-Net {BENCH['encoder']} (random init), bf16 autocast, channels_last, cudnn.benchmark.",
+        "",
+    ]
     lines += ["## Goals", "", "| goal | target | measured | result | basis |", "|---|---|---:|---|---|"]
     for g in goals:
         value = _num(g["value"], 2, " s" if g["goal"] == "epoch_seconds" else "×")
         lines.append(f"| {g['what']} | {g['target']} | {value} | **{g['status']}** | {g['basis']} |")
-    lines += ["", "## Throughput", "",
-              "Training: the steady rate, and that rate with the per-epoch loader start spread over one epoch (what the goals use).",
-              "Ratios are to the ceiling measured in the same benchmark process and to the naive fp32 baseline of this check.", "",
-              "| data.cache | run | ceiling img/s | train img/s (steady) | train img/s (per epoch) | × ceiling | × naive | eval img/s | eval × train "
-              "| peak GPU MiB train / eval |",
-              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines += [
+        "",
+        "## Throughput",
+        "",
+        "Training: the steady rate, and that rate with the per-epoch loader start spread over one epoch (what the goals use).",
+        "Ratios are to the ceiling measured in the same benchmark process and to the naive fp32 baseline of this check.",
+        "",
+        "| data.cache | run | ceiling img/s | train img/s (steady) | train img/s (per epoch) | × ceiling | × naive | eval img/s | eval × train "
+        "| peak GPU MiB train / eval |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for cache, c in derived["caches"].items():
         best = " (best)" if cache == derived["best_cache"] else ""
-        lines.append(f"| `{cache}`{best} | {c['run']} | {_num(c['ceiling_images_per_s'])} | {_num(c['train_steady_images_per_s'])} | "
-                     f"{_num(c['train_epoch_images_per_s'])} | {_num(c['train_over_ceiling'], 2)} | {_num(c['train_over_naive'], 2)} | "
-                     f"{_num(c['eval_images_per_s'])} | {_num(c['eval_over_train'], 2)} | "
-                     f"{_num(c['peak_gpu_mib_train'], 0)} / {_num(c['peak_gpu_mib_eval'], 0)} |")
+        lines.append(
+            f"| `{cache}`{best} | {c['run']} | {_num(c['ceiling_images_per_s'])} | {_num(c['train_steady_images_per_s'])} | "
+            f"{_num(c['train_epoch_images_per_s'])} | {_num(c['train_over_ceiling'], 2)} | {_num(c['train_over_naive'], 2)} | "
+            f"{_num(c['eval_images_per_s'])} | {_num(c['eval_over_train'], 2)} | "
+            f"{_num(c['peak_gpu_mib_train'], 0)} / {_num(c['peak_gpu_mib_eval'], 0)} |"
+        )
     if not derived["caches"]:
         lines.append("| – | no benchmark ran | | | | | | | | |")
     naive_peak = results.get("benchmark", {}).get("memory", {}).get("memory", {}).get("peak_gpu_mib", {}).get("naive_fp32")
-    lines += ["", f"* Naive fp32 baseline (torchvision OxfordIIITPet + per-image v2 transforms, 8 workers, fp32 step): "
-                  f"{_num(derived['naive_images_per_s'])} img/s, peak GPU {_num(naive_peak, 0)} MiB.",
-              f"* Ceiling with torch.compile: {_num(derived['compile_ceiling_images_per_s'])} img/s "
-              f"({_num(derived['compile_over_plain_ceiling'], 2)}× the uncompiled ceiling)."]
+    lines += [
+        "",
+        f"* Naive fp32 baseline (torchvision OxfordIIITPet + per-image v2 transforms, 8 workers, fp32 step): "
+        f"{_num(derived['naive_images_per_s'])} img/s, peak GPU {_num(naive_peak, 0)} MiB.",
+        f"* Ceiling with torch.compile: {_num(derived['compile_ceiling_images_per_s'])} img/s "
+        f"({_num(derived['compile_over_plain_ceiling'], 2)}× the uncompiled ceiling).",
+    ]
     training = results.get("training", {})
     lines += ["", "## Training run", ""]
     if training.get("epochs"):
-        lines += [f"`python -m seg_pet train`, data.cache {training.get('cache')}, {training.get('train_images')} train / "
-                  f"{training.get('val_images')} val images, peak GPU {_num(training.get('peak_gpu_mib'), 0)} MiB, "
-                  f"test mIoU {_num(training.get('test_miou'), 3)} (random init, a few epochs: not a quality figure).", "",
-                  "| epoch | seconds (train + val) | train loss | val mIoU |", "|---:|---:|---:|---:|"]
+        lines += [
+            f"`python -m seg_pet train`, data.cache {training.get('cache')}, {training.get('train_images')} train / "
+            f"{training.get('val_images')} val images, peak GPU {_num(training.get('peak_gpu_mib'), 0)} MiB, "
+            f"test mIoU {_num(training.get('test_miou'), 3)} (random init, a few epochs: not a quality figure).",
+            "",
+            "| epoch | seconds (train + val) | train loss | val mIoU |",
+            "|---:|---:|---:|---:|",
+        ]
         for e in training["epochs"]:
             lines.append(f"| {e['epoch']} | {_num(e['seconds'], 2)} | {_num(e['train_loss'], 4)} | {_num(e['val_miou'], 4)} |")
     else:
@@ -550,9 +650,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     goals_ok = all(g["status"] == "pass" for g in check.results["goals"])
     tests = check.results["cuda_tests"]
     tests_ok = "cuda_tests" not in args.steps or (tests.get("passed", 0) > 0 and tests.get("failed", 0) == 0 and tests.get("error", 0) == 0)
-    print(f"gpu_check: written to {args.out}/gpu_check.json and gpu_check.md in {time.monotonic() - started:.0f} s; "
-          f"steps {'all ok' if steps_ok else 'NOT all ok'}, CUDA tests {'passed' if tests_ok else 'NOT all passed'}, "
-          f"goals {'all passed' if goals_ok else 'NOT all passed'}")
+    print(
+        f"gpu_check: written to {args.out}/gpu_check.json and gpu_check.md in {time.monotonic() - started:.0f} s; "
+        f"steps {'all ok' if steps_ok else 'NOT all ok'}, CUDA tests {'passed' if tests_ok else 'NOT all passed'}, "
+        f"goals {'all passed' if goals_ok else 'NOT all passed'}"
+    )
     return 0 if steps_ok and goals_ok and tests_ok else 1
 
 

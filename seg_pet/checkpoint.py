@@ -54,8 +54,10 @@ def _or_none(check: Callable[[Any], bool]) -> Callable[[Any], bool]:
 _MAPPING: Check = (lambda v: isinstance(v, dict), "a mapping")
 SCHEMA: dict[str, Check] = {
     "format": (_is_int, "an integer"),
-    "model": (lambda v: isinstance(v, dict) and all(isinstance(k, str) and isinstance(t, torch.Tensor) for k, t in v.items()),
-              "a mapping of parameter names to tensors"),
+    "model": (
+        lambda v: isinstance(v, dict) and all(isinstance(k, str) and isinstance(t, torch.Tensor) for k, t in v.items()),
+        "a mapping of parameter names to tensors",
+    ),
     "config": _MAPPING,
     "epoch": (lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
     "class_names": (lambda v: isinstance(v, list) and len(v) > 0 and all(isinstance(x, str) for x in v), "a list of strings"),
@@ -64,8 +66,10 @@ RESUME_SCHEMA: dict[str, Check] = {
     "optimizer": _MAPPING,
     "scheduler": (_or_none(lambda v: isinstance(v, dict)), "a mapping or null"),
     "scaler": (_or_none(lambda v: isinstance(v, dict)), "a mapping or null"),
-    "rng": (lambda v: isinstance(v, dict) and {"python", "numpy", "torch"} <= v.keys() and isinstance(v["torch"], torch.Tensor),
-            "a mapping of python, numpy and torch generator states"),
+    "rng": (
+        lambda v: isinstance(v, dict) and {"python", "numpy", "torch"} <= v.keys() and isinstance(v["torch"], torch.Tensor),
+        "a mapping of python, numpy and torch generator states",
+    ),
     "best_miou": (_is_number, "a number"),
     "best_epoch": (lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
     "history": (_list_of(lambda row: isinstance(row, dict)), "a list of mappings"),
@@ -84,8 +88,10 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
         except RuntimeError as exc:  # torch's zip writer reports a full disk as "... file write failed"
             if "write" not in str(exc).lower():
                 raise
-            raise StorageError(f"cannot write {path}: the write failed (no space left on device?); the previous file is "
-                               "unchanged; free some space, then run the command again") from None
+            raise StorageError(
+                f"cannot write {path}: the write failed (no space left on device?); the previous file is "
+                "unchanged; free some space, then run the command again"
+            ) from None
 
 
 def check_schema(path: Path, state: Any, resume: bool = False) -> None:
@@ -157,11 +163,15 @@ def load_checkpoint(path: str | Path, resume: bool = False) -> dict[str, Any]:
         raise CheckpointError(f"{path} is truncated or not a checkpoint ({_first_sentence(exc)})") from None
     check_schema(path, state, resume)
     if state["format"] > FORMAT_VERSION:
-        raise CheckpointError(f"{path} has checkpoint format {state['format']!r}; this seg_pet reads format {FORMAT_VERSION} or older (upgrade seg_pet)")
+        raise CheckpointError(
+            f"{path} has checkpoint format {state['format']!r}; this seg_pet reads format {FORMAT_VERSION} or older (upgrade seg_pet)"
+        )
     return state
 
 
-def load_model_weights(model: nn.Module, state: dict[str, Any], path: str | Path, class_names: list[str], model_cfg: Optional[dict] = None) -> None:
+def load_model_weights(
+    model: nn.Module, state: dict[str, Any], path: str | Path, class_names: list[str], model_cfg: Optional[dict] = None
+) -> None:
     """Put a checkpoint's weights into `model`, explaining a mismatch in terms of the config."""
     saved_names = list(state["class_names"])
     if saved_names != list(class_names):
@@ -172,7 +182,9 @@ def load_model_weights(model: nn.Module, state: dict[str, Any], path: str | Path
     if model_cfg is not None:
         for key in ("arch", "encoder"):
             if saved_model.get(key) != model_cfg.get(key):
-                raise CheckpointError(f"{path} holds a {saved_model.get('arch')}/{saved_model.get('encoder')} model, the config asks for model.{key}={model_cfg.get(key)!r}")
+                raise CheckpointError(
+                    f"{path} holds a {saved_model.get('arch')}/{saved_model.get('encoder')} model, the config asks for model.{key}={model_cfg.get(key)!r}"
+                )
     try:
         model.load_state_dict(state["model"])
     except RuntimeError as exc:

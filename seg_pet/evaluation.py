@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, Callable, Iterable, NamedTuple, Optional
+from typing import Any, NamedTuple, Optional
 
 import torch
 import torch.nn.functional as F
@@ -26,10 +27,10 @@ from tqdm import tqdm
 from seg_pet.checkpoint import load_checkpoint, load_model_weights
 from seg_pet.config import Config, config_to_dict, load_config
 from seg_pet.data.cache import attach_cache
-from seg_pet.labels import class_names
 from seg_pet.data.loaders import make_loader, resolve_num_workers, this_shard
 from seg_pet.data.oxford import PetSegmentation
 from seg_pet.data.sources import build_datasets, build_test_dataset
+from seg_pet.labels import class_names
 from seg_pet.metrics import ConfusionMatrix, compute_metrics, confusion_csv, format_table
 from seg_pet.models import build_model
 from seg_pet.runtime.device import Runtime
@@ -127,11 +128,19 @@ def evaluate_batches(
     return matrix, (total_loss / batches if batches else math.nan)
 
 
-def evaluate_split(model: nn.Module, dataset: PetSegmentation, cfg: Config, runtime: Runtime, names: list[str], desc: str = "eval") -> dict[str, Any]:
+def evaluate_split(
+    model: nn.Module, dataset: PetSegmentation, cfg: Config, runtime: Runtime, names: list[str], desc: str = "eval"
+) -> dict[str, Any]:
     """All metrics of `model` on `dataset` from one confusion matrix, plus the matrix itself (under torchrun
     each process scores its share; every process returns the metrics of all the images)."""
-    loader = make_loader(dataset, cfg.data.batch_size, shuffle=False, num_workers=resolve_num_workers(cfg.data.num_workers),
-                         pin_memory=runtime.pin_memory, shard=this_shard())
+    loader = make_loader(
+        dataset,
+        cfg.data.batch_size,
+        shuffle=False,
+        num_workers=resolve_num_workers(cfg.data.num_workers),
+        pin_memory=runtime.pin_memory,
+        shard=this_shard(),
+    )
     matrix, _ = evaluate_batches(model, loader, len(names), runtime, desc=desc, tta=cfg.eval.tta)
     metrics = compute_metrics(matrix.mat, names)
     return {"num_images": len(dataset), **metrics, "confusion": matrix.mat.tolist()}
@@ -142,7 +151,9 @@ def write_test_outputs(run_dir: Path, metrics: dict[str, Any], names: list[str])
     matrix = torch.tensor(metrics["confusion"])
     with atomic_write(run_dir / "test_confusion.csv") as f:
         f.write(confusion_csv(matrix, names))
-    plot_confusion(matrix, names, run_dir / "plots" / "test_confusion.png", title=f"test, epoch {metrics['checkpoint_epoch']} (row-normalised)")
+    plot_confusion(
+        matrix, names, run_dir / "plots" / "test_confusion.png", title=f"test, epoch {metrics['checkpoint_epoch']} (row-normalised)"
+    )
     write_json(run_dir / "test_metrics.json", metrics)
 
 
@@ -173,7 +184,15 @@ def evaluate_run(
     runtime = Runtime.create(cfg.train.device, amp=cfg.train.amp)
     dataset = build_test_dataset(cfg) if split == "test" else build_datasets(cfg)["val"]
     if split == "val" and cfg.data.cache == "disk":  # reuse the run's validation cache (bit-identical to decoding)
-        attach_cache(dataset, "disk", data_root=cfg.data.root, run_dir=run_dir, num_workers=resolve_num_workers(cfg.data.num_workers), log=log, name=split)
+        attach_cache(
+            dataset,
+            "disk",
+            data_root=cfg.data.root,
+            run_dir=run_dir,
+            num_workers=resolve_num_workers(cfg.data.num_workers),
+            log=log,
+            name=split,
+        )
     model = runtime.place(model)
     metrics = evaluate_split(model, dataset, cfg, runtime, names, desc=split)
     metrics = {"split": split, "checkpoint": str(checkpoint), "checkpoint_epoch": state["epoch"], "tta": cfg.eval.tta, **metrics}

@@ -37,7 +37,9 @@ def build_model(cfg: ModelConfig, num_classes: int) -> nn.Module:
             )
     except (KeyError, ValueError, AssertionError) as exc:  # an encoder the architecture cannot use
         first = str(exc.args[0] if isinstance(exc, KeyError) and exc.args else exc).splitlines()
-        raise ConfigError(f"model.arch: {cfg.arch} cannot be built with encoder {cfg.encoder} ({first[0] if first else type(exc).__name__})") from None
+        raise ConfigError(
+            f"model.arch: {cfg.arch} cannot be built with encoder {cfg.encoder} ({first[0] if first else type(exc).__name__})"
+        ) from None
     except OSError as exc:
         # smp fetches weights from the Hugging Face hub; offline this is an OSError after retries.
         raise ConfigError(
@@ -63,8 +65,10 @@ def check_encoder(encoder: str, weights: str | None) -> None:
         raise ConfigError(f"model.encoder: unknown encoder {encoder!r}{suggest(encoder, known)}")
     if weights is not None and weights not in names:
         choices = ", ".join(names) if names else "none (this encoder has no pretrained weights)"
-        raise ConfigError(f"model.encoder_weights: unknown weights {weights!r} for encoder {encoder}; choose {choices}, "
-                          "null (random init) or a path to a local weights file")
+        raise ConfigError(
+            f"model.encoder_weights: unknown weights {weights!r} for encoder {encoder}; choose {choices}, "
+            "null (random init) or a path to a local weights file"
+        )
 
 
 def _looks_like_path(value: str) -> bool:
@@ -85,7 +89,9 @@ def load_encoder_weights(model: nn.Module, path: Path) -> None:
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # any unreadable file: one line, naming it
-        raise CheckpointError(f"model.encoder_weights: cannot read {path}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+        raise CheckpointError(
+            f"model.encoder_weights: cannot read {path}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+        ) from None
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict):

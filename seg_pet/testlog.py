@@ -57,8 +57,11 @@ def earlier_looks(run_dir: Path, cfg: Any, run_cfg: Any) -> list[dict[str, Any]]
     records = read_test_log(run_dir)
     if (run_dir / "test_metrics.json").is_file() and not any(r.get("command") == "train" for r in records):
         records.append({"command": "train", **dataset_identity(run_cfg)})  # a run from before the record existed
-    return [r for r in records if r.get("data_root") is None or
-            (r.get("data_source"), r.get("data_root")) == (identity["data_source"], identity["data_root"])]
+    return [
+        r
+        for r in records
+        if r.get("data_root") is None or (r.get("data_source"), r.get("data_root")) == (identity["data_source"], identity["data_root"])
+    ]
 
 
 def record_test_evaluation(run_dir: Path, cfg: Any, *, command: str, checkpoint: Path, epoch: int, forced: bool) -> None:
@@ -67,7 +70,13 @@ def record_test_evaluation(run_dir: Path, cfg: Any, *, command: str, checkpoint:
     old = path.read_text(errors="replace") if path.is_file() else ""
     if old and not old.endswith("\n"):
         old += "\n"
-    record = {"time": datetime.now(timezone.utc).isoformat(timespec="seconds"), "command": command,
-              "checkpoint": str(Path(checkpoint).resolve()), "checkpoint_epoch": epoch, **dataset_identity(cfg), "forced": forced}
+    record = {
+        "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "command": command,
+        "checkpoint": str(Path(checkpoint).resolve()),
+        "checkpoint_epoch": epoch,
+        **dataset_identity(cfg),
+        "forced": forced,
+    }
     with atomic_write(path) as f:
         f.write(old + json.dumps(record) + "\n")

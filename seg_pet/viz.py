@@ -63,10 +63,7 @@ def colorize(mask: np.ndarray, num_classes: int) -> np.ndarray:
     ignore = mask == IGNORE_INDEX
     bad = ~ignore & ((mask < 0) | (mask >= num_classes))
     if bad.any():
-        raise ValueError(
-            f"mask holds values outside 0..{num_classes - 1} and {IGNORE_INDEX}: "
-            f"{sorted(np.unique(mask[bad]).tolist())[:5]}"
-        )
+        raise ValueError(f"mask holds values outside 0..{num_classes - 1} and {IGNORE_INDEX}: {sorted(np.unique(mask[bad]).tolist())[:5]}")
     out = np.empty(mask.shape + (3,), dtype=np.uint8)
     out[...] = IGNORE_COLOUR
     out[~ignore] = PALETTE[mask[~ignore]]
@@ -87,9 +84,7 @@ def overlay(image: np.ndarray, mask: np.ndarray, num_classes: int = len(PALETTE)
     return out
 
 
-def save_overlay(
-    path: str | os.PathLike, image: np.ndarray, pred: np.ndarray, num_classes: int = len(PALETTE)
-) -> None:
+def save_overlay(path: str | os.PathLike, image: np.ndarray, pred: np.ndarray, num_classes: int = len(PALETTE)) -> None:
     """PNG of the prediction overlaid on the image, at the image's own size."""
     with atomic_path(path) as tmp:
         Image.fromarray(overlay(image, pred, num_classes), "RGB").save(tmp, format="PNG")
@@ -122,10 +117,7 @@ def save_figure(fig: Figure, path: str | os.PathLike) -> None:
 
 
 def _legend_handles(class_names: Sequence[str], with_ignore: bool) -> list[Patch]:
-    handles = [
-        Patch(facecolor=PALETTE[i] / 255.0, edgecolor="black", linewidth=0.5, label=name)
-        for i, name in enumerate(class_names)
-    ]
+    handles = [Patch(facecolor=PALETTE[i] / 255.0, edgecolor="black", linewidth=0.5, label=name) for i, name in enumerate(class_names)]
     if with_ignore:
         handles.append(Patch(facecolor=IGNORE_COLOUR / 255.0, edgecolor="black", label="ignore"))
     return handles
@@ -146,9 +138,7 @@ def save_panel(
     target = _as_mask(target)
     pred = _as_mask(pred)
     if target.shape != img.shape[:2] or pred.shape != img.shape[:2]:
-        raise ValueError(
-            f"image {img.shape[:2]}, target {target.shape} and prediction {pred.shape} differ in size"
-        )
+        raise ValueError(f"image {img.shape[:2]}, target {target.shape} and prediction {pred.shape} differ in size")
     h, w = img.shape[:2]
     panel_w = 3.2
     panel_h = min(max(panel_w * h / w, 1.6), 6.0)
@@ -207,9 +197,7 @@ def _class_value(per_class: Any, index: int, name: str) -> float:
     return math.nan
 
 
-def plot_curves(
-    rows: Sequence[Mapping[str, Any]], class_names: Sequence[str], path: str | os.PathLike
-) -> None:
+def plot_curves(rows: Sequence[Mapping[str, Any]], class_names: Sequence[str], path: str | os.PathLike) -> None:
     """Training curves: losses per epoch; val mIoU, per-class IoU and pixel accuracy per epoch.
 
     Missing keys and None/NaN values leave gaps; a single epoch shows as markers.
@@ -339,9 +327,7 @@ def plot_class_balance(
 
     fig = new_figure(1.2 * len(labels) + 2.5, 3.6)
     ax = fig.subplots()
-    bars = ax.bar(
-        range(len(labels)), [100 * s for s in shares], color=colours, edgecolor="black", linewidth=0.5
-    )
+    bars = ax.bar(range(len(labels)), [100 * s for s in shares], color=colours, edgecolor="black", linewidth=0.5)
     for bar, share, value in zip(bars, shares, values):
         ax.annotate(
             f"{100 * share:.1f}%\n({int(value):,} px)",

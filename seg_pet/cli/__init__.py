@@ -95,8 +95,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 130
     except (SegPetError, RuntimeError) as exc:
         if (gist := lost_contact(exc)) is not None:
-            report(f"stopped: lost contact with another process of the job ({gist}); the process that failed first says why",
-                   shared=False)
+            report(f"stopped: lost contact with another process of the job ({gist}); the process that failed first says why", shared=False)
             return 1
         if not is_input_error(exc):
             raise

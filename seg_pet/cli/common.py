@@ -22,8 +22,14 @@ def positive_int(text: str) -> int:
 
 
 def add_overrides(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                        help="override a config key (value parsed as YAML); repeatable")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override a config key (value parsed as YAML); repeatable",
+    )
 
 
 def check_paths(args: argparse.Namespace, spec: dict[str, tuple[str, str]]) -> None:

@@ -23,10 +23,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_overrides(p)
     p.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue the run in RUN_DIR from checkpoints/last.pt")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
-    p.add_argument("--stop-after-epoch", type=positive_int, metavar="N",
-                   help="exit cleanly once epoch N is saved (the schedule still spans optim.epochs); continue later with --resume")
-    p.add_argument("--dry-run", action="store_true",
-                   help="check the config, paths, run folder, data files, batch plan and model, then exit without writing anything")
+    p.add_argument(
+        "--stop-after-epoch",
+        type=positive_int,
+        metavar="N",
+        help="exit cleanly once epoch N is saved (the schedule still spans optim.epochs); continue later with --resume",
+    )
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="check the config, paths, run folder, data files, batch plan and model, then exit without writing anything",
+    )
 
 
 def load_train_config(args: argparse.Namespace) -> Config:

@@ -31,7 +31,22 @@ from seg_pet.config.schema import (
 )
 
 __all__ = [
-    "LOSS_OPTIONS", "Config", "DataConfig", "EvalConfig", "LossConfig", "ModelConfig", "OptimConfig", "RunConfig",
-    "TrainConfig", "apply_override", "build_section", "config_from_dict", "config_to_dict", "dump_config", "load_config",
-    "option", "read_yaml", "suggest",
+    "LOSS_OPTIONS",
+    "Config",
+    "DataConfig",
+    "EvalConfig",
+    "LossConfig",
+    "ModelConfig",
+    "OptimConfig",
+    "RunConfig",
+    "TrainConfig",
+    "apply_override",
+    "build_section",
+    "config_from_dict",
+    "config_to_dict",
+    "dump_config",
+    "load_config",
+    "option",
+    "read_yaml",
+    "suggest",
 ]

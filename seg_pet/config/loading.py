@@ -55,8 +55,11 @@ class _UniqueKeyLoader(yaml.SafeLoader):
                 except TypeError:  # an unhashable key: the base class reports it
                     continue
                 if first is not mark:
-                    where = (f"lines {first.line + 1} and {mark.line + 1}" if first.line != mark.line
-                             else f"line {mark.line + 1}, columns {first.column + 1} and {mark.column + 1}")
+                    where = (
+                        f"lines {first.line + 1} and {mark.line + 1}"
+                        if first.line != mark.line
+                        else f"line {mark.line + 1}, columns {first.column + 1} and {mark.column + 1}"
+                    )
                     raise ConfigError(f"duplicate key {key!r} ({where}); YAML would silently keep the last one")
         return super().construct_mapping(node, deep=deep)
 
@@ -76,8 +79,9 @@ def decode_text(data: bytes, path: Path) -> str:
     except UnicodeDecodeError as exc:
         line = data.count(b"\n", 0, exc.start) + 1
         column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
-        raise ConfigError(f"{path}: not UTF-8 text (byte 0x{data[exc.start]:02x} at line {line}, column {column}); "
-                          "save it as UTF-8") from None
+        raise ConfigError(
+            f"{path}: not UTF-8 text (byte 0x{data[exc.start]:02x} at line {line}, column {column}); save it as UTF-8"
+        ) from None
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
@@ -278,8 +282,10 @@ def validate_loss(loss: LossConfig, names: list[str]) -> None:
     weights = loss.get("class_weights")
     if isinstance(weights, str):
         if weights not in CLASS_WEIGHT_SCHEMES:
-            raise ConfigError(f"loss.class_weights: unknown scheme {weights!r}; choose one of: "
-                              f"{', '.join(CLASS_WEIGHT_SCHEMES)}, or a list of {len(names)} numbers")
+            raise ConfigError(
+                f"loss.class_weights: unknown scheme {weights!r}; choose one of: "
+                f"{', '.join(CLASS_WEIGHT_SCHEMES)}, or a list of {len(names)} numbers"
+            )
     elif weights is not None:
         check_class_weights(weights, names, "loss.class_weights")
     dice_kind = loss.get("dice_variant") if loss.name == "ce_dice" else loss.name

@@ -67,8 +67,9 @@ def check_split_sizes(cfg: Any, n_train: int, n_val: int) -> None:
     """The validation carve-out leaves images on both sides; `cfg` is a Config."""
     fraction = cfg.data.val_fraction
     if n_train < 1:
-        raise ConfigError(f"data.val_fraction: {fraction:g} leaves no training images ({n_val} validation, 0 training); "
-                          "lower it, or add images")
+        raise ConfigError(
+            f"data.val_fraction: {fraction:g} leaves no training images ({n_val} validation, 0 training); lower it, or add images"
+        )
     if n_val < 1:
         raise ConfigError(f"data.val_fraction: {fraction:g} leaves no validation images ({n_train} training); raise it, or add images")
 
@@ -81,9 +82,11 @@ def plan_batches(cfg: Any, n_train: int) -> BatchPlan:
     if batch_size * bottleneck**2 < 2:
         # BatchNorm normalises over the batch and the pixels: with one value per channel it cannot (torch raises).
         why = "the training split has 1 image" if n_train == 1 else f"data.batch_size is {data.batch_size}"
-        raise ConfigError(f"data.batch_size: {why}, and at data.image_size {data.image_size} the encoder's last feature map is "
-                          f"{bottleneck}x{bottleneck}: BatchNorm would see one value per channel; use data.batch_size >= 2 "
-                          f"or data.image_size >= {2 * ENCODER_STRIDE}")
+        raise ConfigError(
+            f"data.batch_size: {why}, and at data.image_size {data.image_size} the encoder's last feature map is "
+            f"{bottleneck}x{bottleneck}: BatchNorm would see one value per channel; use data.batch_size >= 2 "
+            f"or data.image_size >= {2 * ENCODER_STRIDE}"
+        )
     steps = n_train // batch_size  # drop_last: every step sees a full batch
     if cfg.train.max_steps_per_epoch:
         steps = min(steps, cfg.train.max_steps_per_epoch)

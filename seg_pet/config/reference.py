@@ -65,10 +65,15 @@ def render() -> str:
     for section in dataclasses.fields(Config):
         lines += [f"## `{section.name}`: {SECTION_HELP[section.name]}", "", *header, *_rows(section.name, section.default_factory), ""]
         if section.default_factory is LossConfig:
-            lines += ["### Loss options", "",
-                      "Each loss accepts only its own options, flat beside `loss.name`. Setting an option the chosen "
-                      "loss does not use is an error; `null` means the loss's own default.", "",
-                      "| `loss.name` | what it is | options |", "|---|---|---|"]
+            lines += [
+                "### Loss options",
+                "",
+                "Each loss accepts only its own options, flat beside `loss.name`. Setting an option the chosen "
+                "loss does not use is an error; `null` means the loss's own default.",
+                "",
+                "| `loss.name` | what it is | options |",
+                "|---|---|---|",
+            ]
             for name, options_cls in LOSS_OPTIONS.items():
                 options = ", ".join(f"`{f.name}`" for f in dataclasses.fields(options_cls)) or "none"
                 lines.append(f"| `{name}` | {LOSS_HELP[name]} | {options} |")

@@ -13,14 +13,34 @@ from pathlib import Path
 from typing import Any, Optional, Union
 
 
-def option(default: Any, help: str, *, choices: tuple = (), ge: Optional[float] = None, gt: Optional[float] = None,
-           lt: Optional[float] = None, le: Optional[float] = None) -> Any:
+def option(
+    default: Any,
+    help: str,
+    *,
+    choices: tuple = (),
+    ge: Optional[float] = None,
+    gt: Optional[float] = None,
+    lt: Optional[float] = None,
+    le: Optional[float] = None,
+) -> Any:
     """A config key: its default and what the loader checks. Every number must also be finite."""
     return field(default=default, metadata={"help": help, "choices": choices, "ge": ge, "gt": gt, "lt": lt, "le": le})
 
 
-ARCHITECTURES = ("unet", "unetplusplus", "fpn", "deeplabv3", "deeplabv3plus", "linknet", "pspnet", "manet", "pan",
-                 "upernet", "segformer", "dpt")
+ARCHITECTURES = (
+    "unet",
+    "unetplusplus",
+    "fpn",
+    "deeplabv3",
+    "deeplabv3plus",
+    "linknet",
+    "pspnet",
+    "manet",
+    "pan",
+    "upernet",
+    "segformer",
+    "dpt",
+)
 CLASS_WEIGHT_SCHEMES = ("inverse", "median", "sqrt_inverse")
 DICE_VARIANTS = ("dice", "dice_sq", "dice_fg", "dice_fg_sq")
 
@@ -34,22 +54,41 @@ class RunConfig:
 
 @dataclass
 class DataConfig:
-    source: str = option("oxford", "`oxford`: the dataset at `data.root`; `synthetic`: generated into `data.root` (smoke tests)",
-                         choices=("oxford", "synthetic"))
+    source: str = option(
+        "oxford",
+        "`oxford`: the dataset at `data.root`; `synthetic`: generated into `data.root` (smoke tests)",
+        choices=("oxford", "synthetic"),
+    )
     root: str = option("data", "the folder that holds `oxford-iiit-pet/`")
     download: bool = option(False, "download the dataset with torchvision when it is missing")
-    image_size: int = option(256, "training and evaluation size in pixels; a multiple of 32 (the U-Net downsamples 5 times)", ge=32, le=2048)
+    image_size: int = option(
+        256, "training and evaluation size in pixels; a multiple of 32 (the U-Net downsamples 5 times)", ge=32, le=2048
+    )
     val_fraction: float = option(0.1, "share of trainval held out for validation, stratified by breed", gt=0.0, lt=1.0)
-    border: str = option("class", "the trimap's border ring: `class` (3 classes), `ignore` (left out of loss and metrics), "
-                                  "`pet` (merged into pet)", choices=("class", "ignore", "pet"))
-    batch_size: int = option(16, "images per training step in each process; under torchrun the global batch is this times the "
-                                 "number of processes (docs/distributed.md)", ge=1, le=4096)
+    border: str = option(
+        "class",
+        "the trimap's border ring: `class` (3 classes), `ignore` (left out of loss and metrics), `pet` (merged into pet)",
+        choices=("class", "ignore", "pet"),
+    )
+    batch_size: int = option(
+        16,
+        "images per training step in each process; under torchrun the global batch is this times the "
+        "number of processes (docs/distributed.md)",
+        ge=1,
+        le=4096,
+    )
     num_workers: Union[int, str] = option("auto", "DataLoader workers; `auto` = usable CPUs - 1, at most 16")
     synthetic_images: int = option(60, "images generated for `data.source: synthetic`", ge=8, le=10_000)
-    cache: str = option("none", "decoded-image cache: `none`, `memory`, `disk`, or `device` (kept on the training device, "
-                                "batches augmented there)", choices=("none", "memory", "disk", "device"))
-    augment: bool = option(True, "random crop, flip and colour jitter of training images; `false`: they are resized like "
-                                 "validation images (ablations, and exact 1-process vs N-process comparisons)")
+    cache: str = option(
+        "none",
+        "decoded-image cache: `none`, `memory`, `disk`, or `device` (kept on the training device, batches augmented there)",
+        choices=("none", "memory", "disk", "device"),
+    )
+    augment: bool = option(
+        True,
+        "random crop, flip and colour jitter of training images; `false`: they are resized like "
+        "validation images (ablations, and exact 1-process vs N-process comparisons)",
+    )
 
 
 @dataclass
@@ -158,8 +197,9 @@ class OptimConfig:
     lr: float = option(1e-3, "peak learning rate", gt=0.0, le=10.0)
     weight_decay: float = option(1e-4, "weight decay", ge=0.0, le=1.0)
     momentum: float = option(0.9, "SGD momentum (sgd only)", ge=0.0, lt=1.0)
-    scheduler: str = option("cosine", "per-iteration schedule: `cosine` to 0, `poly` (power 0.9), or `none`",
-                            choices=("cosine", "poly", "none"))
+    scheduler: str = option(
+        "cosine", "per-iteration schedule: `cosine` to 0, `poly` (power 0.9), or `none`", choices=("cosine", "poly", "none")
+    )
     epochs: int = option(30, "training epochs", ge=1, le=100_000)
     grad_clip: Optional[float] = option(None, "clip the global gradient norm to this value; null = no clipping", gt=0.0)
 
@@ -172,10 +212,13 @@ class TrainConfig:
     deterministic: bool = option(False, "`torch.use_deterministic_algorithms` (slower on GPU)")
     compile: bool = option(False, "`torch.compile` the model")
     max_steps_per_epoch: Optional[int] = option(None, "cap on training steps per epoch (quick experiments, tests)", ge=1)
-    sync_bn: bool = option(False, "under torchrun: batch-norm statistics over the global batch (SyncBatchNorm) instead of "
-                                  "each process's own; ignored in one process")
-    dist_timeout: float = option(600.0, "under torchrun: seconds a collective waits for the other processes before the job "
-                                        "stops with an error", ge=10.0, le=86_400.0)
+    sync_bn: bool = option(
+        False,
+        "under torchrun: batch-norm statistics over the global batch (SyncBatchNorm) instead of each process's own; ignored in one process",
+    )
+    dist_timeout: float = option(
+        600.0, "under torchrun: seconds a collective waits for the other processes before the job stops with an error", ge=10.0, le=86_400.0
+    )
 
 
 @dataclass

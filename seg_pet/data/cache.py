@@ -160,7 +160,9 @@ def attach_cache(
     if mode == "memory":
         entries = decode_all(dataset, num_workers)
         dataset.cache = entries
-        log(f"cache: {name}: {len(entries)} images decoded into memory, {_nbytes(entries) / 2**20:.0f} MiB, {time.perf_counter() - started:.1f}s")
+        log(
+            f"cache: {name}: {len(entries)} images decoded into memory, {_nbytes(entries) / 2**20:.0f} MiB, {time.perf_counter() - started:.1f}s"
+        )
         return None
     folder = disk_cache_dir(data_root, run_dir)
     file_name = cache_file_name(dataset)
@@ -183,19 +185,24 @@ def attach_cache(
         entries = _read_disk(path, key, len(dataset))  # mmap'd: file-backed pages, shared by workers
         if entries is None:
             raise DataError(f"data.cache: could not read back the cache file just written: {path}")
-        log(f"cache: {name}: {len(entries)} images decoded into {path} ({path.stat().st_size / 2**20:.0f} MiB, {time.perf_counter() - started:.1f}s)")
+        log(
+            f"cache: {name}: {len(entries)} images decoded into {path} ({path.stat().st_size / 2**20:.0f} MiB, {time.perf_counter() - started:.1f}s)"
+        )
     else:
         log(f"cache: {name}: reading {path}")
     dataset.cache = entries
     return path
 
 
-def cache_datasets(cfg: Any, datasets: dict[str, Any], run_dir: Optional[Path], num_workers: int, log: Callable[[str], None] = print) -> None:
+def cache_datasets(
+    cfg: Any, datasets: dict[str, Any], run_dir: Optional[Path], num_workers: int, log: Callable[[str], None] = print
+) -> None:
     """Apply `data.cache` to the train and val datasets (before any training loader is created)."""
     for split in ("train", "val"):
         if split in datasets:
-            attach_cache(datasets[split], cfg.data.cache, data_root=cfg.data.root, run_dir=run_dir,
-                         num_workers=num_workers, log=log, name=split)
+            attach_cache(
+                datasets[split], cfg.data.cache, data_root=cfg.data.root, run_dir=run_dir, num_workers=num_workers, log=log, name=split
+            )
 
 
 # --------------------------------------------------------------------------- data.cache: device
@@ -243,8 +250,17 @@ class DeviceBatches:
     order (runtime.distributed.shard; equal shares when batches drop the last, incomplete one).
     """
 
-    def __init__(self, cache: DeviceCache, batch_size: int, *, shuffle: bool, drop_last: bool = False,
-                 augment: Optional[Callable] = None, seed: int = 0, shard: tuple[int, int] = (0, 1)):
+    def __init__(
+        self,
+        cache: DeviceCache,
+        batch_size: int,
+        *,
+        shuffle: bool,
+        drop_last: bool = False,
+        augment: Optional[Callable] = None,
+        seed: int = 0,
+        shard: tuple[int, int] = (0, 1),
+    ):
         self.cache, self.batch_size, self.shuffle, self.drop_last = cache, batch_size, shuffle, drop_last
         self.augment, self.seed, self.shard = augment, seed, shard
         if augment is None and not cache.stacked:

@@ -13,16 +13,17 @@ from __future__ import annotations
 import functools
 import os
 import random
-from typing import Iterable, Optional
+from collections.abc import Iterable
+from typing import Optional
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from seg_pet.config import Config
 from seg_pet.data.cache import DeviceBatches, DeviceCache
-from seg_pet.labels import IGNORE_INDEX
 from seg_pet.data.oxford import PetSegmentation, read_trimap
 from seg_pet.data.transforms import BatchAugment
+from seg_pet.labels import IGNORE_INDEX
 from seg_pet.runtime.device import Runtime
 from seg_pet.runtime.distributed import rank, shard, world_size
 from seg_pet.runtime.errors import ConfigError
@@ -137,15 +138,26 @@ def move_caches_to_device(datasets: dict[str, PetSegmentation], device: torch.de
     try:
         moved = {split: DeviceCache(datasets[split], device) for split in ("train", "val")}
     except torch.OutOfMemoryError:
-        raise ConfigError(f"data.cache: device: the decoded train and val images do not fit in the memory of {device} "
-                          "next to the model; use data.cache: memory") from None
-    log(f"cache: train and val moved to {device}, {sum(c.nbytes() for c in moved.values()) / 2**20:.0f} MiB; "
-        "training batches are augmented there (BatchAugment)")
+        raise ConfigError(
+            f"data.cache: device: the decoded train and val images do not fit in the memory of {device} "
+            "next to the model; use data.cache: memory"
+        ) from None
+    log(
+        f"cache: train and val moved to {device}, {sum(c.nbytes() for c in moved.values()) / 2**20:.0f} MiB; "
+        "training batches are augmented there (BatchAugment)"
+    )
     return moved
 
 
-def epoch_train_loader(cfg: Config, dataset: PetSegmentation, on_device: Optional[dict[str, DeviceCache]], batch_size: int,
-                       workers: int, epoch: int, runtime: Runtime) -> Iterable:
+def epoch_train_loader(
+    cfg: Config,
+    dataset: PetSegmentation,
+    on_device: Optional[dict[str, DeviceCache]],
+    batch_size: int,
+    workers: int,
+    epoch: int,
+    runtime: Runtime,
+) -> Iterable:
     """One epoch's training batches (this process's share): a fresh DataLoader, or DeviceBatches with data.cache: device.
 
     Reseeding torch's global RNG and the order from (seed, epoch) first makes a resumed run replay
@@ -156,12 +168,14 @@ def epoch_train_loader(cfg: Config, dataset: PetSegmentation, on_device: Optiona
     if on_device is not None:
         augment = BatchAugment(cfg.data.image_size) if cfg.data.augment else None
         return DeviceBatches(on_device["train"], batch_size, shuffle=True, drop_last=True, augment=augment, seed=seed, shard=this_shard())
-    return make_loader(dataset, batch_size, shuffle=True, num_workers=workers, seed=seed, pin_memory=runtime.pin_memory, drop_last=True,
-                       shard=this_shard())
+    return make_loader(
+        dataset, batch_size, shuffle=True, num_workers=workers, seed=seed, pin_memory=runtime.pin_memory, drop_last=True, shard=this_shard()
+    )
 
 
-def val_loader_for(dataset: PetSegmentation, on_device: Optional[dict[str, DeviceCache]], batch_size: int, workers: int,
-                   runtime: Runtime) -> Iterable:
+def val_loader_for(
+    dataset: PetSegmentation, on_device: Optional[dict[str, DeviceCache]], batch_size: int, workers: int, runtime: Runtime
+) -> Iterable:
     """This process's validation batches: a DataLoader, or slices of the device cache with data.cache: device."""
     if on_device is not None:
         return DeviceBatches(on_device["val"], batch_size, shuffle=False, shard=this_shard())

@@ -97,7 +97,9 @@ def open_split(root: str | Path, split: str, download: bool = False) -> SplitFil
     except FileNotFoundError as exc:
         raise DataError(f"split file missing: {exc.filename}") from None
     except ValueError:
-        raise DataError(f"malformed split file: {base / 'annotations' / (split + '.txt')} (expected 'ID CLASS SPECIES BREED' lines)") from None
+        raise DataError(
+            f"malformed split file: {base / 'annotations' / (split + '.txt')} (expected 'ID CLASS SPECIES BREED' lines)"
+        ) from None
 
 
 def read_image(path: Path) -> tv_tensors.Image:
@@ -139,9 +141,7 @@ def preflight(split: SplitFiles) -> None:
     for image_path, trimap_path in zip(split.images, split.trimaps):
         image_size, trimap_size = (_header_size(path, kind, split) for path, kind in ((image_path, "image"), (trimap_path, "trimap")))
         if image_size != trimap_size:
-            raise DataError(
-                f"trimap {trimap_path} is {trimap_size[0]}x{trimap_size[1]} but its image is {image_size[0]}x{image_size[1]}"
-            )
+            raise DataError(f"trimap {trimap_path} is {trimap_size[0]}x{trimap_size[1]} but its image is {image_size[0]}x{image_size[1]}")
 
 
 def _header_size(path: Path, kind: str, split: SplitFiles) -> tuple[int, int]:

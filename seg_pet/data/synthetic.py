@@ -133,9 +133,7 @@ def _existing_matches(target: Path, args: dict) -> bool:
     if marker is None:
         if not any(target.iterdir()):
             return False  # an empty folder holds nothing to lose
-        raise DataError(
-            f"{target} exists without {MARKER_NAME} (a real dataset?); refusing to overwrite it"
-        )
+        raise DataError(f"{target} exists without {MARKER_NAME} (a real dataset?); refusing to overwrite it")
     return marker.get("format_version") == FORMAT_VERSION and marker.get("args") == args
 
 
@@ -239,9 +237,7 @@ def _shape_field(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     v = (-(xx - cx) * sin + (yy - cy) * cos) / b
     theta = np.arctan2(v, u)
     # Wobbly outline: a few low-frequency harmonics of the polar angle.
-    wobble = 1.0 + sum(
-        rng.uniform(0.03, 0.12) * np.cos(m * theta + rng.uniform(0, 2 * np.pi)) for m in (2, 3, 5)
-    )
+    wobble = 1.0 + sum(rng.uniform(0.03, 0.12) * np.cos(m * theta + rng.uniform(0, 2 * np.pi)) for m in (2, 3, 5))
     body = np.sqrt(u * u + v * v) / wobble
 
     # Head: a circle at one end of the body's long axis.
@@ -298,9 +294,7 @@ def _background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
         s_angle = rng.uniform(0, np.pi)
         stripes = np.sin(2 * np.pi * (xx * np.cos(s_angle) + yy * np.sin(s_angle)) / period)
         img += rng.uniform(15, 40) * stripes[..., None] * rng.uniform(-1, 1, size=3)
-    img += rng.uniform(20, 45) * _smooth_noise(rng, h, w, int(rng.integers(3, 7)))[..., None] * rng.uniform(
-        -1, 1, size=3
-    )
+    img += rng.uniform(20, 45) * _smooth_noise(rng, h, w, int(rng.integers(3, 7)))[..., None] * rng.uniform(-1, 1, size=3)
     img += rng.normal(0, rng.uniform(5, 14), size=(h, w, 3))
     return img
 

@@ -69,6 +69,7 @@ def denormalize(image: torch.Tensor) -> np.ndarray:
 
 # --------------------------------------------------------------------------- cache and native-resolution helpers
 
+
 @dataclass(frozen=True)
 class CacheResize:
     """The deterministic step a decoded-image cache (seg_pet.cache) stores; its repr is part of the cache key.
@@ -217,8 +218,9 @@ class BatchAugment:
         spread = torch.tensor([JITTER["brightness"], JITTER["contrast"], JITTER["saturation"]])[:, None]
         factors = 1 + (2 * torch.rand(3, count) - 1) * spread  # uniform in [1 - spread, 1 + spread], as ColorJitter
         hue = (2 * torch.rand(count) - 1) * JITTER["hue"]
-        return jitter_batch(images, factors.to(images.device, non_blocking=True), hue.to(images.device, non_blocking=True),
-                            torch.randperm(4).tolist())
+        return jitter_batch(
+            images, factors.to(images.device, non_blocking=True), hue.to(images.device, non_blocking=True), torch.randperm(4).tolist()
+        )
 
     def __call__(self, images: list[torch.Tensor], labels: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         batch, targets = self.crop(images, labels)

@@ -76,54 +76,92 @@ def check_masks(targets: Any, num_classes: int, ignore_index: int = IGNORE_INDEX
     """Targets as they reach the loss: int64 (N, H, W) with values in 0..C-1 or the ignore index."""
     name = "masks"
     if not isinstance(targets, torch.Tensor):
-        return CheckResult(name, FAIL, f"targets are {type(targets).__name__}, not a tensor", "the dataset must return the mask as a torch tensor")
+        return CheckResult(
+            name, FAIL, f"targets are {type(targets).__name__}, not a tensor", "the dataset must return the mask as a torch tensor"
+        )
     shape = tuple(targets.shape)
     if targets.is_floating_point():
         lo, hi = float(targets.min()), float(targets.max())
         fractional = bool((targets != targets.round()).any())
-        cause = (" (fractions in 0..1: the mask was scaled like an image, e.g. ToTensor or ToDtype(scale=True) divided it by 255)"
-                 if fractional and hi <= 1.0 else "")
+        cause = (
+            " (fractions in 0..1: the mask was scaled like an image, e.g. ToTensor or ToDtype(scale=True) divided it by 255)"
+            if fractional and hi <= 1.0
+            else ""
+        )
         return CheckResult(
-            name, FAIL,
+            name,
+            FAIL,
             f"{_dtype(targets)} {shape}, values {lo:.4g}..{hi:.4g}: CrossEntropyLoss needs int64 class indices{cause}",
             "keep the mask a tv_tensors.Mask so image-only transforms skip it, and return it as int64 class ids "
             "(seg_pet.labels.trimap_lut), never divided by 255",
         )
     if targets.ndim == 4:
         if shape[1] == 1:
-            return CheckResult(name, FAIL, f"shape {shape} is (N, 1, H, W): the loss expects (N, H, W) class indices",
-                               "drop the channel dimension: targets.squeeze(1) (or read the trimap as a 2-D array)")
+            return CheckResult(
+                name,
+                FAIL,
+                f"shape {shape} is (N, 1, H, W): the loss expects (N, H, W) class indices",
+                "drop the channel dimension: targets.squeeze(1) (or read the trimap as a 2-D array)",
+            )
         if shape[1] == num_classes:
-            return CheckResult(name, FAIL, f"shape {shape} looks one-hot (N, C, H, W): the loss expects (N, H, W) class indices",
-                               "pass class indices: targets.argmax(1), or do not one-hot encode the mask")
-        return CheckResult(name, FAIL, f"shape {shape} is 4-D: the loss expects (N, H, W) class indices", "return one (H, W) mask per image")
+            return CheckResult(
+                name,
+                FAIL,
+                f"shape {shape} looks one-hot (N, C, H, W): the loss expects (N, H, W) class indices",
+                "pass class indices: targets.argmax(1), or do not one-hot encode the mask",
+            )
+        return CheckResult(
+            name, FAIL, f"shape {shape} is 4-D: the loss expects (N, H, W) class indices", "return one (H, W) mask per image"
+        )
     if targets.ndim != 3:
         return CheckResult(name, FAIL, f"shape {shape}: the loss expects (N, H, W) class indices", "return one (H, W) mask per image")
     if targets.dtype != torch.int64:
-        return CheckResult(name, FAIL, f"dtype {_dtype(targets)}: CrossEntropyLoss needs int64 (long) class indices", "convert with .long() after the trimap remap")
+        return CheckResult(
+            name,
+            FAIL,
+            f"dtype {_dtype(targets)}: CrossEntropyLoss needs int64 (long) class indices",
+            "convert with .long() after the trimap remap",
+        )
     labelled = targets[targets != ignore_index]
     ignored = 1.0 - labelled.numel() / max(targets.numel(), 1)
     if labelled.numel() == 0:
-        return CheckResult(name, FAIL, f"every pixel is the ignore index {ignore_index}: the loss is 0 and nothing is learned",
-                           "check the trimap remap (seg_pet.labels.trimap_lut) and data.border")
+        return CheckResult(
+            name,
+            FAIL,
+            f"every pixel is the ignore index {ignore_index}: the loss is 0 and nothing is learned",
+            "check the trimap remap (seg_pet.labels.trimap_lut) and data.border",
+        )
     present = set(torch.unique(labelled).tolist())
     bad = sorted(v for v in present if not 0 <= v < num_classes)
     # The raw Oxford trimap uses 1 pet, 2 background, 3 border; remapped, pet is class 0.
     raw_trimap = present <= {1, 2, 3} and 0 not in present and len(present) >= 2
     if bad and raw_trimap:
         return CheckResult(
-            name, FAIL,
+            name,
+            FAIL,
             f"values {_values(targets)} are the raw trimap (1 pet, 2 background, 3 border), not class ids 0..{num_classes - 1}",
             "remap the trimap before the loss (seg_pet.labels.trimap_lut: 1->0 pet, 2->1 background, 3->border per data.border)",
         )
     if bad:
-        return CheckResult(name, FAIL, f"values {bad} lie outside 0..{num_classes - 1} (and are not the ignore index {ignore_index})",
-                           f"masks must hold class ids 0..{num_classes - 1} or {ignore_index}; check the remap and model classes")
+        return CheckResult(
+            name,
+            FAIL,
+            f"values {bad} lie outside 0..{num_classes - 1} (and are not the ignore index {ignore_index})",
+            f"masks must hold class ids 0..{num_classes - 1} or {ignore_index}; check the remap and model classes",
+        )
     if raw_trimap:
-        return CheckResult(name, WARN, f"values {_values(targets)} contain no class 0 (pet): this looks like an un-remapped trimap",
-                           "remap the trimap (seg_pet.labels.trimap_lut) so 1 (pet) becomes class 0")
-    return CheckResult(name, PASS, f"int64 {shape}, values {_values(targets)} ({ignored:.1%} ignore {ignore_index}): "
-                                   f"class ids 0..{num_classes - 1} as CrossEntropyLoss expects")
+        return CheckResult(
+            name,
+            WARN,
+            f"values {_values(targets)} contain no class 0 (pet): this looks like an un-remapped trimap",
+            "remap the trimap (seg_pet.labels.trimap_lut) so 1 (pet) becomes class 0",
+        )
+    return CheckResult(
+        name,
+        PASS,
+        f"int64 {shape}, values {_values(targets)} ({ignored:.1%} ignore {ignore_index}): "
+        f"class ids 0..{num_classes - 1} as CrossEntropyLoss expects",
+    )
 
 
 def check_images(images: Any) -> CheckResult:
@@ -133,12 +171,20 @@ def check_images(images: Any) -> CheckResult:
         return CheckResult(name, FAIL, f"images are {type(images).__name__}, not a tensor", "the dataset must return a torch tensor")
     shape = tuple(images.shape)
     if not images.is_floating_point():
-        return CheckResult(name, FAIL, f"dtype {_dtype(images)} {shape}: the model needs float input",
-                           "convert and normalise: v2.ToDtype(torch.float32, scale=True) then v2.Normalize(mean, std)")
+        return CheckResult(
+            name,
+            FAIL,
+            f"dtype {_dtype(images)} {shape}: the model needs float input",
+            "convert and normalise: v2.ToDtype(torch.float32, scale=True) then v2.Normalize(mean, std)",
+        )
     if images.ndim == 4 and shape[1] != 3 and shape[-1] == 3:
-        return CheckResult(name, FAIL, f"shape {shape} is channels-last (N, H, W, 3): the model expects (N, 3, H, W)", "images.permute(0, 3, 1, 2)")
+        return CheckResult(
+            name, FAIL, f"shape {shape} is channels-last (N, H, W, 3): the model expects (N, 3, H, W)", "images.permute(0, 3, 1, 2)"
+        )
     if images.ndim != 4 or shape[1] != 3:
-        return CheckResult(name, FAIL, f"shape {shape}: the model expects (N, 3, H, W) RGB", "convert every image to RGB and batch to (N, 3, H, W)")
+        return CheckResult(
+            name, FAIL, f"shape {shape}: the model expects (N, 3, H, W) RGB", "convert every image to RGB and batch to (N, 3, H, W)"
+        )
     if not bool(torch.isfinite(images).all()):
         return CheckResult(name, FAIL, "images contain NaN or Inf", "check the image decoding and normalisation (a std of 0?)")
     x = images.detach().float()
@@ -146,15 +192,27 @@ def check_images(images: Any) -> CheckResult:
     lo, hi = float(x.min()), float(x.max())
     stats = f"per-channel mean [{', '.join(f'{m:+.2f}' for m in mean.tolist())}], std [{', '.join(f'{s:.2f}' for s in std.tolist())}]"
     if lo >= 0 and hi > 2:
-        return CheckResult(name, FAIL, f"float {shape} with values {lo:g}..{hi:g}: pixels are 0..255, not scaled or normalised ({stats})",
-                           "v2.ToDtype(torch.float32, scale=True) then v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)")
+        return CheckResult(
+            name,
+            FAIL,
+            f"float {shape} with values {lo:g}..{hi:g}: pixels are 0..255, not scaled or normalised ({stats})",
+            "v2.ToDtype(torch.float32, scale=True) then v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)",
+        )
     if lo >= 0 and hi <= 1:
-        return CheckResult(name, WARN, f"float {shape} in 0..1: scaled but not normalised ({stats})",
-                           "add v2.Normalize(IMAGENET_MEAN, IMAGENET_STD): pretrained encoders expect normalised input")
+        return CheckResult(
+            name,
+            WARN,
+            f"float {shape} in 0..1: scaled but not normalised ({stats})",
+            "add v2.Normalize(IMAGENET_MEAN, IMAGENET_STD): pretrained encoders expect normalised input",
+        )
     if bool((mean.abs() < 1.0).all() and (std > 0.4).all() and (std < 2.5).all()):
         return CheckResult(name, PASS, f"float32 {shape}, normalised: {stats}")
-    return CheckResult(name, WARN, f"float {shape}, not normalised as expected (mean ~0, std ~1): {stats}",
-                       "normalise with the mean/std the encoder was trained with (seg_pet.data.transforms.IMAGENET_MEAN/STD)")
+    return CheckResult(
+        name,
+        WARN,
+        f"float {shape}, not normalised as expected (mean ~0, std ~1): {stats}",
+        "normalise with the mean/std the encoder was trained with (seg_pet.data.transforms.IMAGENET_MEAN/STD)",
+    )
 
 
 def check_class_balance(pixel_counts: list[int], names: list[str]) -> CheckResult:
@@ -167,8 +225,12 @@ def check_class_balance(pixel_counts: list[int], names: list[str]) -> CheckResul
     shares = ", ".join(f"{n} {c / total:.1%}" for n, c in zip(names, pixel_counts))
     absent = [n for n, c in zip(names, pixel_counts) if c == 0]
     if absent:
-        return CheckResult(name, FAIL, f"no training pixel belongs to {', '.join(map(repr, absent))} ({shares}): that class cannot be learned",
-                           "check data.border and the trimap remap; or drop the class")
+        return CheckResult(
+            name,
+            FAIL,
+            f"no training pixel belongs to {', '.join(map(repr, absent))} ({shares}): that class cannot be learned",
+            "check data.border and the trimap remap; or drop the class",
+        )
     big = max(range(len(names)), key=lambda i: pixel_counts[i])
     small = min(range(len(names)), key=lambda i: pixel_counts[i])
     ratio = pixel_counts[big] / pixel_counts[small]
@@ -176,11 +238,14 @@ def check_class_balance(pixel_counts: list[int], names: list[str]) -> CheckResul
     for scheme in SCHEMES:
         weights = compute_class_weights(scheme, pixel_counts)
         details.append(f"loss.class_weights: {scheme:<12} -> " + ", ".join(f"{n} {w:.3g}" for n, w in zip(names, weights)))
-    message = (f"training pixels: {shares}; imbalance {ratio:.1f}:1 ({names[big]} : {names[small]}); "
-               f"watch the IoU of '{names[small]}', not pixel accuracy")
+    message = (
+        f"training pixels: {shares}; imbalance {ratio:.1f}:1 ({names[big]} : {names[small]}); "
+        f"watch the IoU of '{names[small]}', not pixel accuracy"
+    )
     if ratio > IMBALANCE_WARN:
-        return CheckResult(name, WARN, message,
-                           f"with plain CE the model can ignore '{names[small]}'; try loss.name: wce, ce_dice or dice", details)
+        return CheckResult(
+            name, WARN, message, f"with plain CE the model can ignore '{names[small]}'; try loss.name: wce, ce_dice or dice", details
+        )
     return CheckResult(name, PASS, message, details=details)
 
 
@@ -198,11 +263,17 @@ def check_baseline(metrics: dict[str, Any], majority_name: str, split: str = "va
     acc, miou = metrics["pixel_acc"], metrics["miou"]
     if math.isnan(acc):
         return CheckResult(name, FAIL, f"the {split} split has no labelled pixels", "check data.val_fraction and the masks")
-    message = (f"predicting '{majority_name}' everywhere scores pixel acc {acc:.3f} but mIoU {miou:.3f} on {split}: "
-               f"a trained model must clearly beat mIoU {miou:.3f}")
+    message = (
+        f"predicting '{majority_name}' everywhere scores pixel acc {acc:.3f} but mIoU {miou:.3f} on {split}: "
+        f"a trained model must clearly beat mIoU {miou:.3f}"
+    )
     if acc >= HIGH_ACC:
-        return CheckResult(name, WARN, message + f"; pixel accuracy is uninformative here (>= {HIGH_ACC:.0%} for free)",
-                           "judge runs by per-class IoU and mIoU, never by pixel accuracy")
+        return CheckResult(
+            name,
+            WARN,
+            message + f"; pixel accuracy is uninformative here (>= {HIGH_ACC:.0%} for free)",
+            "judge runs by per-class IoU and mIoU, never by pixel accuracy",
+        )
     return CheckResult(name, PASS, message)
 
 
@@ -214,11 +285,19 @@ def check_output(logits: torch.Tensor, num_classes: int, input_hw: Optional[tupl
     name = "model output"
     shape = tuple(logits.shape)
     if logits.ndim != 4 or shape[1] != num_classes:
-        return CheckResult(name, FAIL, f"shape {shape}: expected (N, {num_classes}, H, W), one channel per class",
-                           f"build the model with classes={num_classes} (seg_pet.models.build_model(cfg, num_classes))")
+        return CheckResult(
+            name,
+            FAIL,
+            f"shape {shape}: expected (N, {num_classes}, H, W), one channel per class",
+            f"build the model with classes={num_classes} (seg_pet.models.build_model(cfg, num_classes))",
+        )
     if input_hw is not None and tuple(shape[-2:]) != tuple(input_hw):
-        return CheckResult(name, FAIL, f"output size {shape[-2:]} differs from input size {tuple(input_hw)}",
-                           "use an image size the architecture supports (a multiple of 32) or upsample the logits")
+        return CheckResult(
+            name,
+            FAIL,
+            f"output size {shape[-2:]} differs from input size {tuple(input_hw)}",
+            "use an image size the architecture supports (a multiple of 32) or upsample the logits",
+        )
     x = logits.detach().float()
     if not bool(torch.isfinite(x).all()):
         return CheckResult(name, FAIL, "the untrained model outputs NaN or Inf", "check the input normalisation and the model weights")
@@ -226,14 +305,19 @@ def check_output(logits: torch.Tensor, num_classes: int, input_hw: Optional[tupl
     sums = x.sum(dim=1)
     if lo >= 0 and float((sums - 1).abs().max()) < 1e-3:
         return CheckResult(
-            name, FAIL,
+            name,
+            FAIL,
             f"outputs sum to 1 over the {num_classes} classes: the model ends in softmax, but the losses apply softmax themselves "
             "(double softmax: flat gradients, the loss stalls)",
             "remove the final softmax (smp: activation=None); apply softmax/argmax only for predictions",
         )
     if lo >= 0 and hi <= 1:
-        return CheckResult(name, WARN, f"every output lies in {lo:.3f}..{hi:.3f}: looks like a sigmoid at the end of the model",
-                           "the losses expect raw logits: remove the final activation (smp: activation=None)")
+        return CheckResult(
+            name,
+            WARN,
+            f"every output lies in {lo:.3f}..{hi:.3f}: looks like a sigmoid at the end of the model",
+            "the losses expect raw logits: remove the final activation (smp: activation=None)",
+        )
     return CheckResult(name, PASS, f"logits {shape} (range {lo:+.2f}..{hi:+.2f}), not probabilities")
 
 
@@ -246,11 +330,19 @@ def check_initial_loss(logits: torch.Tensor, targets: torch.Tensor, num_classes:
     if not math.isfinite(ce):
         return CheckResult(name, FAIL, message + ": not finite", "check the model output and the masks")
     if ce > 2 * expected:
-        return CheckResult(name, WARN, message + ": far above ln(C), the untrained model is confidently wrong (large initial logits)",
-                           "check the output scale / head initialisation, and the input normalisation")
+        return CheckResult(
+            name,
+            WARN,
+            message + ": far above ln(C), the untrained model is confidently wrong (large initial logits)",
+            "check the output scale / head initialisation, and the input normalisation",
+        )
     if ce < 0.5 * expected:
-        return CheckResult(name, WARN, message + ": far below ln(C) before any training, the answer leaks into the input?",
-                           "check that the mask is not part of the model input")
+        return CheckResult(
+            name,
+            WARN,
+            message + ": far below ln(C) before any training, the answer leaks into the input?",
+            "check that the mask is not part of the model input",
+        )
     return CheckResult(name, PASS, message + ": the untrained model spreads its bets evenly, as it should")
 
 
@@ -274,15 +366,22 @@ def smoothing_floor(label_smoothing: float, num_classes: int) -> float:
 
 
 @torch.no_grad()
-def check_loss_floor(loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], targets: torch.Tensor, num_classes: int,
-                     label_smoothing: float = 0.0, ignore_index: int = IGNORE_INDEX) -> CheckResult:
+def check_loss_floor(
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    targets: torch.Tensor,
+    num_classes: int,
+    label_smoothing: float = 0.0,
+    ignore_index: int = IGNORE_INDEX,
+) -> CheckResult:
     """The configured loss with perfect logits must be near its minimum; show the one-hot-as-logits CE pitfall beside it."""
     name = "loss floor"
     zero = float(loss_fn(torch.zeros(targets.shape[0], num_classes, *targets.shape[1:], device=targets.device), targets))
     perfect = min(float(loss_fn(_perfect_logits(targets, num_classes, m, ignore_index), targets)) for m in (2.0, 4.0, 8.0, 16.0, 32.0))
     onehot_ce = float(F.cross_entropy(_onehot(targets, num_classes, ignore_index), targets, ignore_index=ignore_index))
-    pitfall = (f"(the one-hot target fed as logits gives CE {onehot_ce:.4f}, not 0: softmax of 0/1 is not one-hot, "
-               "so a non-zero loss for 'target as prediction' is expected)")
+    pitfall = (
+        f"(the one-hot target fed as logits gives CE {onehot_ce:.4f}, not 0: softmax of 0/1 is not one-hot, "
+        "so a non-zero loss for 'target as prediction' is expected)"
+    )
     shown = 0.0 if abs(perfect) < 5e-5 else perfect  # no "-0.0000" from float round-off
     message = f"configured loss: {zero:.4f} at zero logits, {shown:.4f} at perfect logits {pitfall}"
     if not (math.isfinite(zero) and math.isfinite(perfect)):
@@ -290,19 +389,31 @@ def check_loss_floor(loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tenso
     if label_smoothing > 0:
         floor = smoothing_floor(label_smoothing, num_classes)
         if perfect < zero:
-            return CheckResult(name, PASS, message + f"; with label_smoothing {label_smoothing:g} the floor is above 0 by design (~{floor:.4f})")
+            return CheckResult(
+                name, PASS, message + f"; with label_smoothing {label_smoothing:g} the floor is above 0 by design (~{floor:.4f})"
+            )
     elif perfect <= 0.05 * max(zero, 1e-6):
         return CheckResult(name, PASS, message)
     return CheckResult(
-        name, FAIL,
+        name,
+        FAIL,
         message + ": a perfect prediction does not reach the loss minimum, so the loss does not measure agreement with the target",
         "the loss must take raw logits (N, C, H, W) and int64 targets (N, H, W); check for softmax applied twice or swapped arguments",
     )
 
 
-def check_overfit(model: nn.Module, images: torch.Tensor, targets: torch.Tensor,
-                  loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], num_classes: int, *,
-                  steps: int = OVERFIT_STEPS, lr: float = OVERFIT_LR, floor: float = 0.0, note: str = "") -> CheckResult:
+def check_overfit(
+    model: nn.Module,
+    images: torch.Tensor,
+    targets: torch.Tensor,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    num_classes: int,
+    *,
+    steps: int = OVERFIT_STEPS,
+    lr: float = OVERFIT_LR,
+    floor: float = 0.0,
+    note: str = "",
+) -> CheckResult:
     """Adam on one fixed batch: the loss must fall by > 90 % (of the way to `floor`) and batch mIoU exceed 0.9.
 
     Stops as soon as both hold. A model that cannot memorise 4 images has a wiring bug
@@ -312,8 +423,12 @@ def check_overfit(model: nn.Module, images: torch.Tensor, targets: torch.Tensor,
     wiring = "the model cannot learn even one batch: wiring bug"
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
-        return CheckResult(name, FAIL, f"{wiring} (no parameter has requires_grad=True: the weights are frozen)",
-                           "unfreeze the weights (requires_grad_(True)); if you freeze the encoder, leave decoder and head trainable")
+        return CheckResult(
+            name,
+            FAIL,
+            f"{wiring} (no parameter has requires_grad=True: the weights are frozen)",
+            "unfreeze the weights (requires_grad_(True)); if you freeze the encoder, leave decoder and head trainable",
+        )
     optimizer = torch.optim.Adam(params, lr=lr)
     model.train()
     first = loss_value = miou = math.nan
@@ -322,27 +437,42 @@ def check_overfit(model: nn.Module, images: torch.Tensor, targets: torch.Tensor,
         loss = loss_fn(logits, targets)
         loss_value = loss.item()
         if not math.isfinite(loss_value):
-            return CheckResult(name, FAIL, f"{wiring} (loss became {loss_value} at step {step}{note})", "check the loss, lr and input values")
+            return CheckResult(
+                name, FAIL, f"{wiring} (loss became {loss_value} at step {step}{note})", "check the loss, lr and input values"
+            )
         if step == 1:
             first = loss_value
         miou = batch_metrics(logits.detach(), targets, [str(c) for c in range(num_classes)])["miou"]
         cut = (first - loss_value) / max(first - floor, 1e-12)
         if cut > OVERFIT_LOSS_CUT and miou > OVERFIT_MIOU:
-            return CheckResult(name, PASS, f"loss {first:.4f} -> {loss_value:.4f} (-{cut:.1%}), batch mIoU {miou:.3f} after {step} "
-                                           f"Adam steps{note}")
+            return CheckResult(
+                name, PASS, f"loss {first:.4f} -> {loss_value:.4f} (-{cut:.1%}), batch mIoU {miou:.3f} after {step} Adam steps{note}"
+            )
         if loss.grad_fn is None:
-            return CheckResult(name, FAIL, f"{wiring} (the loss has no gradient: the output is detached from the weights{note})",
-                               "remove torch.no_grad()/.detach()/numpy round trips between model output and loss")
+            return CheckResult(
+                name,
+                FAIL,
+                f"{wiring} (the loss has no gradient: the output is detached from the weights{note})",
+                "remove torch.no_grad()/.detach()/numpy round trips between model output and loss",
+            )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if all(p.grad is None or not bool(p.grad.any()) for p in params):
-            return CheckResult(name, FAIL, f"{wiring} (every gradient is zero at step {step}{note})",
-                               "check that the loss depends on the model output and that targets are not all ignored")
+            return CheckResult(
+                name,
+                FAIL,
+                f"{wiring} (every gradient is zero at step {step}{note})",
+                "check that the loss depends on the model output and that targets are not all ignored",
+            )
         optimizer.step()
     cut = (first - loss_value) / max(first - floor, 1e-12)
-    return CheckResult(name, FAIL, f"{wiring}: loss {first:.4f} -> {loss_value:.4f} (-{cut:.0%}), batch mIoU {miou:.3f} after "
-                                   f"{steps} Adam steps at lr {lr:g}{note}; needs > {OVERFIT_LOSS_CUT:.0%} and mIoU > {OVERFIT_MIOU}",
-                       "check frozen weights, masks vs classes, the loss inputs (logits, int64 targets), and that the optimiser sees the model's parameters")
+    return CheckResult(
+        name,
+        FAIL,
+        f"{wiring}: loss {first:.4f} -> {loss_value:.4f} (-{cut:.0%}), batch mIoU {miou:.3f} after "
+        f"{steps} Adam steps at lr {lr:g}{note}; needs > {OVERFIT_LOSS_CUT:.0%} and mIoU > {OVERFIT_MIOU}",
+        "check frozen weights, masks vs classes, the loss inputs (logits, int64 targets), and that the optimiser sees the model's parameters",
+    )
 
 
 def overfit_batch(dataset: Any, size: int = OVERFIT_SIZE, count: int = OVERFIT_IMAGES) -> tuple[torch.Tensor, torch.Tensor]:

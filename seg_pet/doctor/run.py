@@ -79,9 +79,11 @@ def _doctor(cfg: Any, device: torch.device, out: Optional[Path], log: Callable[[
     num_classes = len(names)
     datasets = build_datasets(cfg)  # a missing dataset is a one-line DataError (exit 2), not a check
     train_set, val_set = datasets["train"], datasets["val"]
-    log(f"seg_pet doctor: {len(train_set)} train / {len(val_set)} val images from {cfg.data.root} ({cfg.data.source}), "
+    log(
+        f"seg_pet doctor: {len(train_set)} train / {len(val_set)} val images from {cfg.data.root} ({cfg.data.source}), "
         f"classes {names}, {cfg.model.arch}/{cfg.model.encoder}, loss {cfg.loss.name}, image_size {cfg.data.image_size}, "
-        f"device {device}{' (1 thread)' if device.type == 'cpu' else ''}")
+        f"device {device}{' (1 thread)' if device.type == 'cpu' else ''}"
+    )
     results: list[CheckResult] = []
 
     def record(result: CheckResult) -> None:
@@ -112,7 +114,9 @@ def _doctor(cfg: Any, device: torch.device, out: Optional[Path], log: Callable[[
     majority = max(range(num_classes), key=lambda i: pixel_counts[i])
     val_loader = make_loader(val_set, batch_size, shuffle=False, num_workers=workers)
     where = f"val ({len(val_set)} images at {cfg.data.image_size} px)"
-    record(_guarded("baseline", lambda: check_baseline(majority_baseline((t for _, t in val_loader), majority, names), names[majority], where)))
+    record(
+        _guarded("baseline", lambda: check_baseline(majority_baseline((t for _, t in val_loader), majority, names), names[majority], where))
+    )
 
     weights = None
     if needs_class_weights(cfg.loss) and sum(pixel_counts) > 0:
@@ -132,8 +136,12 @@ def _doctor(cfg: Any, device: torch.device, out: Optional[Path], log: Callable[[
     x, y = overfit_batch(train_set, size, OVERFIT_IMAGES)
     note = f", on {len(x)} train images at {size}x{size} px (the doctor's own size, for speed)"
     floor = smoothing_floor(smoothing, num_classes) if cfg.loss.name in ("ce", "wce", "ce_dice") else 0.0
-    record(_guarded("overfit batch", lambda: check_overfit(model, x.to(device), y.to(device), loss_fn, num_classes,
-                                                           steps=OVERFIT_STEPS, floor=floor, note=note)))
+    record(
+        _guarded(
+            "overfit batch",
+            lambda: check_overfit(model, x.to(device), y.to(device), loss_fn, num_classes, steps=OVERFIT_STEPS, floor=floor, note=note),
+        )
+    )
 
     counts = {s: sum(r.status == s for r in results) for s in (PASS, WARN, FAIL)}
     log(f"\n{counts[PASS]} PASS, {counts[WARN]} WARN, {counts[FAIL]} FAIL in {time.perf_counter() - started:.1f} s")
@@ -149,8 +157,13 @@ def check_processes(train_size: int, seed: int) -> CheckResult:
     seen = [i for share in shares for i in share]
     name = "processes"
     if answered != world:
-        return CheckResult(name, FAIL, f"an all_reduce over {world} processes summed to {answered}", "check the torchrun flags and the network")
+        return CheckResult(
+            name, FAIL, f"an all_reduce over {world} processes summed to {answered}", "check the torchrun flags and the network"
+        )
     if len(set(seen)) != len(seen) or len({len(share) for share in shares}) != 1:
         return CheckResult(name, FAIL, "the processes' training shares overlap or differ in size", "report this: it is a seg_pet bug")
-    return CheckResult(name, PASS, f"{world} processes ({dist.get_backend()}) answer; epoch 1 gives each {len(shares[0])} of "
-                                   f"{train_size} training images, disjoint")
+    return CheckResult(
+        name,
+        PASS,
+        f"{world} processes ({dist.get_backend()}) answer; epoch 1 gives each {len(shares[0])} of {train_size} training images, disjoint",
+    )

@@ -90,8 +90,9 @@ def _ce_dice(o: Any, names: list[str], weights: Optional[torch.Tensor], classes:
 def _focal(o: Any, names: list[str], weights: Optional[torch.Tensor], classes: Optional[list[int]]) -> nn.Module:
     # smp's class_weights give a normalised weighted mean of the per-class (one-vs-rest) focal
     # terms, so a weight scales both misses and false alarms of that class.
-    return smp.losses.FocalLoss(mode="multiclass", gamma=float(o.gamma), ignore_index=IGNORE_INDEX,
-                                class_weights=None if weights is None else weights.tolist())
+    return smp.losses.FocalLoss(
+        mode="multiclass", gamma=float(o.gamma), ignore_index=IGNORE_INDEX, class_weights=None if weights is None else weights.tolist()
+    )
 
 
 def _tversky(o: Any, names: list[str], weights: Optional[torch.Tensor], classes: Optional[list[int]]) -> nn.Module:

@@ -29,14 +29,20 @@ def resolve_device(setting: str, key: str = "train.device") -> torch.device:
         setting = "cuda" if torch.cuda.is_available() else "cpu"
     if setting.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise ConfigError(f"{key}: {setting!r} requested but CUDA is not available here (torch {torch.__version__}); use {key}: cpu or auto")
+            raise ConfigError(
+                f"{key}: {setting!r} requested but CUDA is not available here (torch {torch.__version__}); use {key}: cpu or auto"
+            )
         if ":" in setting and job.local_world_size > 1:
-            raise ConfigError(f"{key}: {setting!r} would put all {job.local_world_size} processes of this machine on one GPU; "
-                              f"use {key}: auto or cuda under torchrun (each process takes cuda:LOCAL_RANK)")
+            raise ConfigError(
+                f"{key}: {setting!r} would put all {job.local_world_size} processes of this machine on one GPU; "
+                f"use {key}: auto or cuda under torchrun (each process takes cuda:LOCAL_RANK)"
+            )
         index = int(setting.split(":")[1]) if ":" in setting else job.local_rank
         if index >= torch.cuda.device_count():
-            raise ConfigError(f"{key}: {setting!r} needs cuda:{index} but only {torch.cuda.device_count()} CUDA device(s) are visible"
-                              + (f" (torchrun started {job.local_world_size} processes on this machine)" if job.by_torchrun else ""))
+            raise ConfigError(
+                f"{key}: {setting!r} needs cuda:{index} but only {torch.cuda.device_count()} CUDA device(s) are visible"
+                + (f" (torchrun started {job.local_world_size} processes on this machine)" if job.by_torchrun else "")
+            )
         setting = f"cuda:{index}" if job.by_torchrun else setting
     return torch.device(setting)
 
@@ -50,7 +56,7 @@ class Runtime:
     deterministic: bool = False
 
     @classmethod
-    def create(cls, setting: str, *, amp: bool = True, deterministic: bool = False, key: str = "train.device") -> "Runtime":
+    def create(cls, setting: str, *, amp: bool = True, deterministic: bool = False, key: str = "train.device") -> Runtime:
         """bf16 autocast on CUDA where supported (no loss scaling needed), fp16 otherwise; none on CPU."""
         device = resolve_device(setting, key)
         amp_dtype = None

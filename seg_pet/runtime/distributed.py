@@ -42,8 +42,14 @@ def launch() -> Launch:
     if "RANK" not in env or "WORLD_SIZE" not in env:
         return Launch()
     world, local_world = int(env["WORLD_SIZE"]), int(env.get("LOCAL_WORLD_SIZE", env["WORLD_SIZE"]))
-    return Launch(int(env["RANK"]), int(env.get("LOCAL_RANK", 0)), world, local_world,
-                  int(env.get("GROUP_WORLD_SIZE", max(world // max(local_world, 1), 1))), True)
+    return Launch(
+        int(env["RANK"]),
+        int(env.get("LOCAL_RANK", 0)),
+        world,
+        local_world,
+        int(env.get("GROUP_WORLD_SIZE", max(world // max(local_world, 1), 1))),
+        True,
+    )
 
 
 def launch_command() -> str:

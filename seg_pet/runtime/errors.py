@@ -1,9 +1,9 @@
 """The error types the CLI knows: each prints as one line and exits with its `exit_code`.
 
-    SegPetError      bad input (config, data, checkpoint, flag, path): exit 2
-    StorageError     the machine refused a write (disk full, read-only, quota): exit 3; what was
-                     there before is unchanged (writes are atomic), and a run stays resumable
-    TrainingDiverged the loss became NaN or Inf: exit 1
+SegPetError      bad input (config, data, checkpoint, flag, path): exit 2
+StorageError     the machine refused a write (disk full, read-only, quota): exit 3; what was
+                 there before is unchanged (writes are atomic), and a run stays resumable
+TrainingDiverged the loss became NaN or Inf: exit 1
 """
 
 

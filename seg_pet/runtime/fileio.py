@@ -30,9 +30,15 @@ from seg_pet.runtime.errors import StorageError
 
 PARTIAL_MARK = ".partial-"
 # What a full or refusing disk raises; other OSErrors (a missing folder, a bug) are not the machine's fault.
-STORAGE_ERRNOS = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded", errno.EROFS: "read-only file system",
-                  errno.EFBIG: "file too large", errno.EIO: "input/output error", errno.EACCES: "permission denied",
-                  errno.EPERM: "operation not permitted"}
+STORAGE_ERRNOS = {
+    errno.ENOSPC: "no space left on device",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EROFS: "read-only file system",
+    errno.EFBIG: "file too large",
+    errno.EIO: "input/output error",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted",
+}
 
 
 def _partial_prefix(path: Path) -> str:

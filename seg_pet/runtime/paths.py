@@ -30,8 +30,19 @@ from seg_pet.runtime.fileio import partial_name
 
 NAME_MAX = 255  # bytes in one file name (ext4, xfs, btrfs, APFS, NTFS in UTF-16 units)
 PATH_MAX = 4096  # bytes in a whole path (Linux)
-RUN_ENTRIES = ("config.yaml", "checkpoints", "metrics.jsonl", "metrics.csv", "class_weights.json", "test_metrics.json",
-               "test_confusion.csv", "test_evaluations.jsonl", "plots", "overlays", "cache")
+RUN_ENTRIES = (
+    "config.yaml",
+    "checkpoints",
+    "metrics.jsonl",
+    "metrics.csv",
+    "class_weights.json",
+    "test_metrics.json",
+    "test_confusion.csv",
+    "test_evaluations.jsonl",
+    "plots",
+    "overlays",
+    "cache",
+)
 
 
 def check_text(text: str, what: str, error: type[SegPetError] = SegPetError) -> str:
@@ -79,8 +90,10 @@ def check_output(path: str | os.PathLike, what: str, kind: str = "file", *, run_
     if kind == "file":
         name = partial_name(path)  # the temporary name an atomic write uses beside it must fit too
         if len(os.fsencode(name)) > NAME_MAX:
-            raise SegPetError(f"{what} {path}: the file name is too long ({len(os.fsencode(path.name))} bytes; at most "
-                              f"{NAME_MAX - len(os.fsencode(name)) + len(os.fsencode(path.name))})")
+            raise SegPetError(
+                f"{what} {path}: the file name is too long ({len(os.fsencode(path.name))} bytes; at most "
+                f"{NAME_MAX - len(os.fsencode(name)) + len(os.fsencode(path.name))})"
+            )
     if os.path.lexists(path) and not path.exists():
         raise SegPetError(f"{what} {path}: is a broken symbolic link")
     if path.exists():
@@ -143,7 +156,7 @@ def _check_creatable(path: Path, what: str) -> None:
 
 def _check_not_a_run_entry(path: Path, what: str, skip_self: bool) -> None:
     target = path.resolve()
-    for folder in (target.parents if skip_self else (target, *target.parents)):
+    for folder in target.parents if skip_self else (target, *target.parents):
         if not is_run_folder(folder):
             continue
         if folder == target:

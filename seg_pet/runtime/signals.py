@@ -90,7 +90,7 @@ class DeferredStop:
         if is_main():  # under torchrun every process gets the signal: one says so
             print(f"\n{signal.Signals(signum).name} received: stopping after this step...", file=sys.stderr)
 
-    def __enter__(self) -> "DeferredStop":
+    def __enter__(self) -> DeferredStop:
         self._pid = os.getpid()
         self._previous = {s: signal.signal(s, self._handler) for s in STOP_SIGNALS}
         return self

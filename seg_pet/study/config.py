@@ -33,12 +33,14 @@ class StudySection:
     output_dir: str = option("outputs", "parent of the study folder")
     seeds: list[int] = list_option([0], "one repeat of the whole grid per seed (data stream, initial weights, Pet split)")
     device: str = option("auto", "auto | cpu | cuda | cuda:N")
-    losses: str = option("project", "loss family: `classic` (the original's formulas) or `project` (seg_pet.losses)",
-                         choices=tuple(LOSS_FAMILIES))
+    losses: str = option(
+        "project", "loss family: `classic` (the original's formulas) or `project` (seg_pet.losses)", choices=tuple(LOSS_FAMILIES)
+    )
     log_every: int = option(10, "every loss's value and gradient norm are logged at step 1, every N steps and the last step", ge=1)
     converged_min_iou: float = option(0.9, "IoU rule: every class's held-out IoU >= this", gt=0.0, le=1.0)
-    converged_acc_gap: float = option(0.5, "accuracy rule: accuracy >= base rate + this share of the gap from base rate to 1",
-                                      gt=0.0, lt=1.0)
+    converged_acc_gap: float = option(
+        0.5, "accuracy rule: accuracy >= base rate + this share of the gap from base rate to 1", gt=0.0, lt=1.0
+    )
     cpu_threads: Optional[int] = option(1, "torch intra-op threads on CPU; null = torch's default (all cores)", ge=1)
 
 

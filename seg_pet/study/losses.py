@@ -109,12 +109,14 @@ class LossFamily:
 
 LOSS_FAMILIES: dict[str, LossFamily] = {
     "classic": LossFamily(tuple(CLASSIC_LOSSES), build_classic, lambda name, class_names: None),
-    "project": LossFamily(tuple(LOSS_OPTIONS), build_project,
-                          lambda name, class_names: validate_loss(build_loss_section({"name": name}), class_names)),
+    "project": LossFamily(
+        tuple(LOSS_OPTIONS), build_project, lambda name, class_names: validate_loss(build_loss_section({"name": name}), class_names)
+    ),
 }
 
 
-def build_losses(family: str, names: list[str], class_names: list[str], pixel_counts: list[int],
-                 device: torch.device) -> dict[str, nn.Module]:
+def build_losses(
+    family: str, names: list[str], class_names: list[str], pixel_counts: list[int], device: torch.device
+) -> dict[str, nn.Module]:
     """name -> loss module, on `device`, for every loss in the grid (each run logs all of them)."""
     return {name: loss.to(device) for name, loss in LOSS_FAMILIES[family].build(names, class_names, pixel_counts).items()}

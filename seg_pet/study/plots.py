@@ -1,11 +1,11 @@
 """The study's figures. Every curve is the median over seeds with a band from the lowest to the highest seed.
 
-    loss_curves.png            rows = grid row (e.g. fg 5%), columns = trained loss; each run's own loss
-    grad_norm_curves.png       the same layout: the gradient norm of the trained loss (log scale)
-    outcome_heatmap.png        one panel per (BN, optimiser): colour = median lowest-class IoU over seeds;
-                               each cell counts the seeds that met the accuracy rule, the IoU rule, or collapsed
-    all_losses_<bn>_<opt>.png  the original's figure: for each trained loss (rows), the values of ALL
-                               losses and the gradient norms of ALL losses, per grid row (columns)
+loss_curves.png            rows = grid row (e.g. fg 5%), columns = trained loss; each run's own loss
+grad_norm_curves.png       the same layout: the gradient norm of the trained loss (log scale)
+outcome_heatmap.png        one panel per (BN, optimiser): colour = median lowest-class IoU over seeds;
+                           each cell counts the seeds that met the accuracy rule, the IoU rule, or collapsed
+all_losses_<bn>_<opt>.png  the original's figure: for each trained loss (rows), the values of ALL
+                           losses and the gradient norms of ALL losses, per grid row (columns)
 """
 
 from __future__ import annotations
@@ -23,16 +23,28 @@ from seg_pet.viz import new_figure, save_figure
 
 BN_COLOURS = {True: "tab:blue", False: "tab:orange"}
 OPTIMIZER_DASHES = {"adam": "-", "sgd": "--", "sgd_momentum": ":"}
-LOSS_COLOURS = ["tab:red", "tab:blue", "tab:green", "tab:purple", "tab:brown", "tab:olive", "tab:cyan", "tab:pink",
-                "tab:gray", "tab:orange", "black"]
+LOSS_COLOURS = [
+    "tab:red",
+    "tab:blue",
+    "tab:green",
+    "tab:purple",
+    "tab:brown",
+    "tab:olive",
+    "tab:cyan",
+    "tab:pink",
+    "tab:gray",
+    "tab:orange",
+    "black",
+]
 
 
 def combo_label(batch_norm: bool, optimizer: str) -> str:
     return f"{'BN' if batch_norm else 'no BN'}, {optimizer}"
 
 
-def seed_band(runs: list[dict[str, Any]], steps_by_run: dict[int, list[dict[str, Any]]], key: str,
-              positive: bool = False) -> tuple[list[int], list[float], list[float], list[float]]:
+def seed_band(
+    runs: list[dict[str, Any]], steps_by_run: dict[int, list[dict[str, Any]]], key: str, positive: bool = False
+) -> tuple[list[int], list[float], list[float], list[float]]:
     """(steps, median, lowest, highest) of steps.csv column `key` over the given runs (the seeds of one cell)."""
     by_step: dict[int, list[float]] = {}
     for run in runs:
@@ -71,8 +83,16 @@ def _figure_legend(fig, axes) -> None:
         fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 6), frameon=False, fontsize=8)
 
 
-def plot_step_grid(runs: list[dict[str, Any]], steps_by_run: dict[int, list[dict[str, Any]]], rows: list[str], losses: list[str],
-                   prefix: str, title: str, path: Path, log_y: bool = False) -> None:
+def plot_step_grid(
+    runs: list[dict[str, Any]],
+    steps_by_run: dict[int, list[dict[str, Any]]],
+    rows: list[str],
+    losses: list[str],
+    prefix: str,
+    title: str,
+    path: Path,
+    log_y: bool = False,
+) -> None:
     """Rows = grid row, columns = trained loss; one median line (and seed band) per (BN, optimiser).
 
     prefix: "loss_" plots each run's own training loss, "grad_norm_" its gradient norm.
@@ -85,8 +105,13 @@ def plot_step_grid(runs: list[dict[str, Any]], steps_by_run: dict[int, list[dict
             cell = [r for r in runs if r["task"] == row and r["loss"] == loss]
             for bn, opt in dict.fromkeys((r["batch_norm"], r["optimizer"]) for r in cell):
                 seeds = [r for r in cell if r["batch_norm"] == bn and r["optimizer"] == opt]
-                _draw_band(ax, seed_band(seeds, steps_by_run, f"{prefix}{loss}", positive=log_y), BN_COLOURS[bn],
-                           OPTIMIZER_DASHES.get(opt, "-."), combo_label(bn, opt))
+                _draw_band(
+                    ax,
+                    seed_band(seeds, steps_by_run, f"{prefix}{loss}", positive=log_y),
+                    BN_COLOURS[bn],
+                    OPTIMIZER_DASHES.get(opt, "-."),
+                    combo_label(bn, opt),
+                )
             _style(ax, log_y)
             if i == 0:
                 ax.set_title(f"trained on {loss}", fontsize=9)
@@ -114,8 +139,15 @@ def _cell_text(s: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def plot_outcome_heatmap(summary: list[dict[str, Any]], rows: list[str], losses: list[str], batch_norm: list[bool],
-                         optimizers: list[str], cfg: StudyConfig, path: Path) -> None:
+def plot_outcome_heatmap(
+    summary: list[dict[str, Any]],
+    rows: list[str],
+    losses: list[str],
+    batch_norm: list[bool],
+    optimizers: list[str],
+    cfg: StudyConfig,
+    path: Path,
+) -> None:
     """One panel per (BN, optimiser): rows = grid row, columns = trained loss, colour = median lowest-class IoU.
 
     The lowest class's IoU, not the foreground's: a collapsed model at 95 % foreground scores
@@ -133,8 +165,15 @@ def plot_outcome_heatmap(summary: list[dict[str, Any]], rows: list[str], losses:
                     continue
                 i, j = rows.index(s["task"]), losses.index(s["loss"])
                 grid[i, j] = s["min_iou_median"]
-                ax.text(j, i, _cell_text(s), ha="center", va="center", fontsize=7,
-                        color="black" if not math.isnan(grid[i, j]) and grid[i, j] > 0.6 else "white")
+                ax.text(
+                    j,
+                    i,
+                    _cell_text(s),
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                    color="black" if not math.isnan(grid[i, j]) and grid[i, j] > 0.6 else "white",
+                )
             image = ax.imshow(grid, vmin=0.0, vmax=1.0, cmap="viridis", aspect="auto")
             ax.set_xticks(range(len(losses)), labels=losses, fontsize=7, rotation=30)
             ax.set_yticks(range(len(rows)), labels=rows, fontsize=7)
@@ -142,14 +181,24 @@ def plot_outcome_heatmap(summary: list[dict[str, Any]], rows: list[str], losses:
     if image is not None:
         fig.colorbar(image, ax=axes.ravel().tolist(), fraction=0.03, pad=0.02, label="median lowest-class IoU (held-out)")
     st = cfg.study
-    fig.suptitle(f"median (range) lowest-class IoU over seeds; counts of seeds meeting the accuracy rule (acc. >= base + "
-                 f"{st.converged_acc_gap:g} of the gap), the IoU rule (every class >= {st.converged_min_iou:g}), or collapsed "
-                 f"(one class everywhere)", fontsize=8)
+    fig.suptitle(
+        f"median (range) lowest-class IoU over seeds; counts of seeds meeting the accuracy rule (acc. >= base + "
+        f"{st.converged_acc_gap:g} of the gap), the IoU rule (every class >= {st.converged_min_iou:g}), or collapsed "
+        f"(one class everywhere)",
+        fontsize=8,
+    )
     save_figure(fig, path)
 
 
-def plot_all_losses(runs: list[dict[str, Any]], steps_by_run: dict[int, list[dict[str, Any]]], rows: list[str], losses: list[str],
-                    batch_norm: bool, optimizer: str, path: Path) -> None:
+def plot_all_losses(
+    runs: list[dict[str, Any]],
+    steps_by_run: dict[int, list[dict[str, Any]]],
+    rows: list[str],
+    losses: list[str],
+    batch_norm: bool,
+    optimizer: str,
+    path: Path,
+) -> None:
     """The original's figure for one (BN, optimiser): rows = trained loss; for each grid row two panels,
     the values of every loss and the gradient norms of every loss (log scale), all on the same batches."""
     fig = new_figure(2.5 * 2 * len(rows) + 0.6, 1.9 * len(losses) + 1.2)
@@ -157,34 +206,63 @@ def plot_all_losses(runs: list[dict[str, Any]], steps_by_run: dict[int, list[dic
     colours = dict(zip(losses, LOSS_COLOURS))
     for i, trained in enumerate(losses):
         for k, row in enumerate(rows):
-            seeds = [r for r in runs if r["task"] == row and r["loss"] == trained
-                     and r["batch_norm"] == batch_norm and r["optimizer"] == optimizer]
+            seeds = [
+                r
+                for r in runs
+                if r["task"] == row and r["loss"] == trained and r["batch_norm"] == batch_norm and r["optimizer"] == optimizer
+            ]
             for c, (prefix, what) in enumerate((("loss_", "loss values"), ("grad_norm_", "gradient norms"))):
                 ax = axes[i][2 * k + c]
                 for name in losses:
-                    _draw_band(ax, seed_band(seeds, steps_by_run, f"{prefix}{name}", positive=c == 1), colours[name],
-                               label=name, width=2.0 if name == trained else 1.0)
+                    _draw_band(
+                        ax,
+                        seed_band(seeds, steps_by_run, f"{prefix}{name}", positive=c == 1),
+                        colours[name],
+                        label=name,
+                        width=2.0 if name == trained else 1.0,
+                    )
                 _style(ax, log_y=c == 1)
                 if i == 0:
                     ax.set_title(f"{row}: {what}", fontsize=9)
                 if i == len(losses) - 1:
                     ax.set_xlabel("step", fontsize=8)
             axes[i][0].set_ylabel(f"trained on\n{trained}", fontsize=9)
-    fig.legend(handles=[Line2D([], [], color=colours[name], label=name) for name in losses], loc="lower center",
-               ncol=len(losses), frameon=False, fontsize=8)
-    fig.suptitle(f"{combo_label(batch_norm, optimizer)}: every loss and every loss's gradient norm on the training batch "
-                 f"(thick = the trained loss); median over seeds, band = range", fontsize=10)
+    fig.legend(
+        handles=[Line2D([], [], color=colours[name], label=name) for name in losses],
+        loc="lower center",
+        ncol=len(losses),
+        frameon=False,
+        fontsize=8,
+    )
+    fig.suptitle(
+        f"{combo_label(batch_norm, optimizer)}: every loss and every loss's gradient norm on the training batch "
+        f"(thick = the trained loss); median over seeds, band = range",
+        fontsize=10,
+    )
     fig.tight_layout(rect=(0, 0.04, 1, 0.96))
     save_figure(fig, path)
 
 
-def write_plots(out_dir: Path, cfg: StudyConfig, runs: list[dict[str, Any]], steps_by_run: dict[int, list[dict[str, Any]]],
-                summary: list[dict[str, Any]], rows: list[str]) -> None:
+def write_plots(
+    out_dir: Path,
+    cfg: StudyConfig,
+    runs: list[dict[str, Any]],
+    steps_by_run: dict[int, list[dict[str, Any]]],
+    summary: list[dict[str, Any]],
+    rows: list[str],
+) -> None:
     g = cfg.grid
-    plot_step_grid(runs, steps_by_run, rows, g.losses, "loss_", "training loss (the loss each run optimises)",
-                   out_dir / "loss_curves.png")
-    plot_step_grid(runs, steps_by_run, rows, g.losses, "grad_norm_", "gradient norm of the trained loss (all parameters)",
-                   out_dir / "grad_norm_curves.png", log_y=True)
+    plot_step_grid(runs, steps_by_run, rows, g.losses, "loss_", "training loss (the loss each run optimises)", out_dir / "loss_curves.png")
+    plot_step_grid(
+        runs,
+        steps_by_run,
+        rows,
+        g.losses,
+        "grad_norm_",
+        "gradient norm of the trained loss (all parameters)",
+        out_dir / "grad_norm_curves.png",
+        log_y=True,
+    )
     plot_outcome_heatmap(summary, rows, g.losses, g.batch_norm, g.optimizers, cfg, out_dir / "outcome_heatmap.png")
     for bn in g.batch_norm:
         for opt in g.optimizers:

@@ -56,9 +56,14 @@ def judge(metrics: Optional[dict[str, Any]], finite: bool, min_iou: float, gap: 
     if not finite or metrics is None:
         return dict(converged_accuracy=False, converged_iou=False, collapsed=False, outcome="diverged")
     base_rate = max(v for v in metrics["gt_share"].values() if not math.isnan(v))
-    verdict = dict(base_rate=base_rate, accuracy=metrics["pixel_acc"], min_iou=scored_min(metrics["iou"]),
-                   converged_accuracy=accuracy_rule(metrics["pixel_acc"], base_rate, gap),
-                   converged_iou=iou_rule(metrics["iou"], min_iou), collapsed=is_collapsed(metrics["pred_share"]))
+    verdict = dict(
+        base_rate=base_rate,
+        accuracy=metrics["pixel_acc"],
+        min_iou=scored_min(metrics["iou"]),
+        converged_accuracy=accuracy_rule(metrics["pixel_acc"], base_rate, gap),
+        converged_iou=iou_rule(metrics["iou"], min_iou),
+        collapsed=is_collapsed(metrics["pred_share"]),
+    )
     states = {"collapsed": verdict["collapsed"], "converged": verdict["converged_iou"], "accurate": verdict["converged_accuracy"]}
     verdict["outcome"] = next((name for name, holds in states.items() if holds), "partial")
     return verdict
@@ -75,9 +80,27 @@ CELL_KEYS = ("task", "batch_norm", "optimizer", "loss")  # task: the grid row, e
 
 
 def summary_columns() -> list[str]:
-    return [*CELL_KEYS, "fg_ratio", "seeds", "converged_accuracy", "converged_iou", "collapsed", "diverged",
-            "accuracy_median", "accuracy_min", "accuracy_max", "min_iou_median", "min_iou_min", "min_iou_max",
-            "train_min_iou_median", "learned_step_median", "learned_step_min", "learned_step_max", "never_learned", "grad_norm_median"]
+    return [
+        *CELL_KEYS,
+        "fg_ratio",
+        "seeds",
+        "converged_accuracy",
+        "converged_iou",
+        "collapsed",
+        "diverged",
+        "accuracy_median",
+        "accuracy_min",
+        "accuracy_max",
+        "min_iou_median",
+        "min_iou_min",
+        "min_iou_max",
+        "train_min_iou_median",
+        "learned_step_median",
+        "learned_step_min",
+        "learned_step_max",
+        "never_learned",
+        "grad_norm_median",
+    ]
 
 
 def _spread(values: Iterable[float]) -> tuple[float, float, float]:
@@ -135,15 +158,35 @@ def summary_markdown(rows: list[dict[str, Any]]) -> str:
     "train min IoU": the median over seeds of the lowest class IoU on the last 10 % of the logged training batches.
     "grad norm": the median over seeds of each run's median gradient norm of its trained loss over the logged steps.
     """
-    header = ["task", "BN, optimiser", "loss", "acc. rule", "IoU rule", "collapsed", "accuracy", "min-class IoU",
-              "train min IoU", "learns minority (step)", "grad norm"]
+    header = [
+        "task",
+        "BN, optimiser",
+        "loss",
+        "acc. rule",
+        "IoU rule",
+        "collapsed",
+        "accuracy",
+        "min-class IoU",
+        "train min IoU",
+        "learns minority (step)",
+        "grad norm",
+    ]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in rows:
         n = r["seeds"]
         collapsed = f"{r['collapsed']}/{n}" + (f", {r['diverged']} diverged" if r["diverged"] else "")
-        cells = [r["task"], _bn_optimizer(r), r["loss"], f"{r['converged_accuracy']}/{n}", f"{r['converged_iou']}/{n}", collapsed,
-                 _median_range(r, "accuracy", ".3f"), _median_range(r, "min_iou", ".2f"),
-                 _num(r["train_min_iou_median"], ".2f"), _median_range(r, "learned_step", ".0f"),
-                 _num(r["grad_norm_median"], ".2g")]
+        cells = [
+            r["task"],
+            _bn_optimizer(r),
+            r["loss"],
+            f"{r['converged_accuracy']}/{n}",
+            f"{r['converged_iou']}/{n}",
+            collapsed,
+            _median_range(r, "accuracy", ".3f"),
+            _median_range(r, "min_iou", ".2f"),
+            _num(r["train_min_iou_median"], ".2f"),
+            _median_range(r, "learned_step", ".0f"),
+            _num(r["grad_norm_median"], ".2g"),
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

@@ -38,17 +38,53 @@ from seg_pet.study.train import score_run, train_run
 
 def runs_columns(loss_names: list[str], class_names: list[str]) -> list[str]:
     return [
-        "run_id", "seed", "source", "task", "fg_ratio", "loss", "batch_norm", "optimizer", "lr", "momentum", "steps", "steps_done",
+        "run_id",
+        "seed",
+        "source",
+        "task",
+        "fg_ratio",
+        "loss",
+        "batch_norm",
+        "optimizer",
+        "lr",
+        "momentum",
+        "steps",
+        "steps_done",
         *(f"loss_{n}" for n in loss_names),
-        "accuracy", "base_rate", "fg_iou", "fg_dice", "miou", "min_iou", *(f"iou_{c}" for c in class_names), "pred_fg_share",
-        "train_accuracy", "train_min_iou", "learned_step", "grad_norm_first", "grad_norm_median", "grad_norm_last",
-        "converged_accuracy", "converged_iou", "collapsed", "outcome", "diverged", "seconds",
+        "accuracy",
+        "base_rate",
+        "fg_iou",
+        "fg_dice",
+        "miou",
+        "min_iou",
+        *(f"iou_{c}" for c in class_names),
+        "pred_fg_share",
+        "train_accuracy",
+        "train_min_iou",
+        "learned_step",
+        "grad_norm_first",
+        "grad_norm_median",
+        "grad_norm_last",
+        "converged_accuracy",
+        "converged_iou",
+        "collapsed",
+        "outcome",
+        "diverged",
+        "seconds",
     ]
 
 
 def steps_columns(loss_names: list[str], class_names: list[str]) -> list[str]:
-    return ["run_id", "step", *(f"loss_{n}" for n in loss_names), *(f"grad_norm_{n}" for n in loss_names),
-            "accuracy", *(f"iou_{c}" for c in class_names), "min_iou", "pred_fg_share"]
+    return [
+        "run_id",
+        "step",
+        *(f"loss_{n}" for n in loss_names),
+        *(f"grad_norm_{n}" for n in loss_names),
+        "accuracy",
+        *(f"iou_{c}" for c in class_names),
+        "min_iou",
+        "pred_fg_share",
+    ]
 
 
 def _cell(value: Any) -> Any:
@@ -84,8 +120,9 @@ def _median(values: Iterable[float]) -> float:
     return statistics.median(finite) if finite else math.nan
 
 
-def run_row(run: dict[str, Any], task: StudyTask, steps: list[dict[str, Any]], ended: str, result: dict[str, Any] | None,
-            cfg: StudyConfig) -> dict[str, Any]:
+def run_row(
+    run: dict[str, Any], task: StudyTask, steps: list[dict[str, Any]], ended: str, result: dict[str, Any] | None, cfg: StudyConfig
+) -> dict[str, Any]:
     """One runs.csv row: the settings, every loss and the metrics on held-out data, the verdict, the trained loss's gradient norms.
 
     train_accuracy / train_min_iou: means over the last 10 % of the logged steps, on the training batches
@@ -93,17 +130,28 @@ def run_row(run: dict[str, Any], task: StudyTask, steps: list[dict[str, Any]], e
     """
     finite = ended == "done"
     grads = [r[f"grad_norm_{run['loss']}"] for r in steps]
-    last = steps[-max(1, len(steps) // 10):]  # the last 10 % of the logged steps
-    row = dict(run, steps_done=steps[-1]["step"] if steps else 0, diverged=not finite, learned_step=learned_step(steps),
-               train_accuracy=_mean(r["accuracy"] for r in last), train_min_iou=_mean(r["min_iou"] for r in last),
-               grad_norm_first=grads[0] if grads else math.nan, grad_norm_median=_median(grads),
-               grad_norm_last=_mean(r[f"grad_norm_{run['loss']}"] for r in last))
+    last = steps[-max(1, len(steps) // 10) :]  # the last 10 % of the logged steps
+    row = dict(
+        run,
+        steps_done=steps[-1]["step"] if steps else 0,
+        diverged=not finite,
+        learned_step=learned_step(steps),
+        train_accuracy=_mean(r["accuracy"] for r in last),
+        train_min_iou=_mean(r["min_iou"] for r in last),
+        grad_norm_first=grads[0] if grads else math.nan,
+        grad_norm_median=_median(grads),
+        grad_norm_last=_mean(r[f"grad_norm_{run['loss']}"] for r in last),
+    )
     metrics = result["metrics"] if result is not None else None
     row.update(judge(metrics, finite, cfg.study.converged_min_iou, cfg.study.converged_acc_gap))
     if metrics is not None:
         row.update({k: v for k, v in result.items() if k.startswith("loss_")})
-        row.update(fg_iou=metrics["iou"][task.focus], fg_dice=metrics["dice"][task.focus], miou=metrics["miou"],
-                   pred_fg_share=metrics["pred_share"][task.focus])
+        row.update(
+            fg_iou=metrics["iou"][task.focus],
+            fg_dice=metrics["dice"][task.focus],
+            miou=metrics["miou"],
+            pred_fg_share=metrics["pred_share"][task.focus],
+        )
         row.update({f"iou_{c}": metrics["iou"][c] for c in task.class_names})
     return row
 
@@ -118,8 +166,14 @@ def check_out_dir(out_dir: Path, overwrite: bool) -> None:
             raise SegPetError(f"--overwrite: {out_dir} is not a study folder (no {CONFIG_NAME}); refusing to delete it")
 
 
-def run_study(config_path: str | Path | None, overrides: Iterable[str] = (), *, overwrite: bool = False,
-              log: Callable[[str], None] = print, progress: bool = True) -> Path:
+def run_study(
+    config_path: str | Path | None,
+    overrides: Iterable[str] = (),
+    *,
+    overwrite: bool = False,
+    log: Callable[[str], None] = print,
+    progress: bool = True,
+) -> Path:
     """Run the whole grid; returns the output folder. Bad input fails before anything is written.
 
     Raises Interrupted (exit code 130 / 143) after writing the finished runs when Ctrl-C or SIGTERM arrives.
@@ -160,8 +214,10 @@ def _run_grid(cfg: StudyConfig, device: torch.device, log: Callable[[str], None]
     plan = [(t, bn, opt, loss) for t in tasks for bn in g.batch_norm for opt in g.optimizers for loss in g.losses]
     runs: list[dict[str, Any]] = []
     steps_by_run: dict[int, list[dict[str, Any]]] = {}
-    log(f"study {out_dir}: {len(plan)} runs ({len(cfg.study.seeds)} seeds) x {o.steps} steps on {device} "
-        f"({cfg.data.source}, {cfg.study.losses} losses, {cfg.model.arch}, {cfg.data.image_size}px, batch {cfg.data.batch_size})")
+    log(
+        f"study {out_dir}: {len(plan)} runs ({len(cfg.study.seeds)} seeds) x {o.steps} steps on {device} "
+        f"({cfg.data.source}, {cfg.study.losses} losses, {cfg.model.arch}, {cfg.data.image_size}px, batch {cfg.data.batch_size})"
+    )
     start = time.perf_counter()
     bar = tqdm(plan, desc="study", unit="run", disable=not progress, dynamic_ncols=True)
     for run_id, (task, bn, opt, loss) in enumerate(bar):
@@ -175,8 +231,19 @@ def _run_grid(cfg: StudyConfig, device: torch.device, log: Callable[[str], None]
             break  # the unfinished run is dropped
         result = score_run(model, task, losses) if ended == "done" else None
         settings = optimizer.param_groups[0]
-        run = dict(run_id=run_id, seed=task.seed, source=cfg.data.source, task=task.label, fg_ratio=task.fg_ratio, loss=loss,
-                   batch_norm=bn, optimizer=opt, lr=settings["lr"], momentum=settings.get("momentum", 0.0), steps=o.steps)
+        run = dict(
+            run_id=run_id,
+            seed=task.seed,
+            source=cfg.data.source,
+            task=task.label,
+            fg_ratio=task.fg_ratio,
+            loss=loss,
+            batch_norm=bn,
+            optimizer=opt,
+            lr=settings["lr"],
+            momentum=settings.get("momentum", 0.0),
+            steps=o.steps,
+        )
         row = run_row(run, task, steps, ended, result, cfg)
         row["seconds"] = time.perf_counter() - t0
         runs.append(row)
@@ -184,8 +251,10 @@ def _run_grid(cfg: StudyConfig, device: torch.device, log: Callable[[str], None]
         with open(out_dir / "steps.csv", "a") as f:  # appended in one write per run: an interrupt leaves whole runs
             f.write(csv_text(step_cols, [dict(s, run_id=run_id) for s in steps], header=False))
         write_csv(out_dir / "runs.csv", run_cols, runs)
-        bar.set_postfix_str(f"seed {task.seed} {task.label} {loss} {combo_label(bn, opt)}: {row['outcome']}, "
-                            f"acc {row.get('accuracy', math.nan):.3f}, min IoU {row.get('min_iou', math.nan):.2f}")
+        bar.set_postfix_str(
+            f"seed {task.seed} {task.label} {loss} {combo_label(bn, opt)}: {row['outcome']}, "
+            f"acc {row.get('accuracy', math.nan):.3f}, min IoU {row.get('min_iou', math.nan):.2f}"
+        )
     bar.close()
 
     summary = summarise(runs)
@@ -196,10 +265,14 @@ def _run_grid(cfg: StudyConfig, device: torch.device, log: Callable[[str], None]
     write_plots(out_dir, cfg, runs, steps_by_run, summary, [t.label for t in tasks[: len(tasks) // len(cfg.study.seeds)]])
     log(table)
     totals = {k: sum(bool(r[k]) for r in runs) for k in ("converged_accuracy", "converged_iou", "collapsed", "diverged")}
-    log(f"{len(runs)} runs: {totals['converged_accuracy']} converged by the accuracy rule, {totals['converged_iou']} by the IoU rule "
+    log(
+        f"{len(runs)} runs: {totals['converged_accuracy']} converged by the accuracy rule, {totals['converged_iou']} by the IoU rule "
         f"(every class >= {cfg.study.converged_min_iou:g}), {totals['collapsed']} collapsed, {totals['diverged']} diverged; "
-        f"{time.perf_counter() - start:.0f}s; results in {out_dir}")
+        f"{time.perf_counter() - start:.0f}s; results in {out_dir}"
+    )
     if stop.requested:
-        raise Interrupted(stop.signum, f"after {len(runs)} of {len(plan)} runs: runs.csv, steps.csv, summary and plots "
-                                       f"hold the finished runs in {out_dir}")
+        raise Interrupted(
+            stop.signum,
+            f"after {len(runs)} of {len(plan)} runs: runs.csv, steps.csv, summary and plots hold the finished runs in {out_dir}",
+        )
     return out_dir

@@ -69,8 +69,16 @@ def toy_task(cfg: StudyConfig, fg_ratio: float, seed: int, device: torch.device)
     for step in range(min(cfg.optim.steps, 16)):  # the stream is i.i.d.; a few batches estimate its balance
         counts += torch.bincount(batch(step)[1].flatten().cpu(), minlength=2)
     return StudyTask(
-        label=f"fg {100 * fg_ratio:g}%", seed=seed, fg_ratio=fg_ratio, class_names=list(TOY_CLASSES), focus=TOY_CLASSES[FOREGROUND_ID],
-        in_channels=1, batch=batch, eval_x=eval_x.to(device), eval_y=eval_y.to(device), pixel_counts=counts.tolist(),
+        label=f"fg {100 * fg_ratio:g}%",
+        seed=seed,
+        fg_ratio=fg_ratio,
+        class_names=list(TOY_CLASSES),
+        focus=TOY_CLASSES[FOREGROUND_ID],
+        in_channels=1,
+        batch=batch,
+        eval_x=eval_x.to(device),
+        eval_y=eval_y.to(device),
+        pixel_counts=counts.tolist(),
     )
 
 
@@ -87,8 +95,10 @@ def pet_task(cfg: StudyConfig, seed: int, device: torch.device) -> StudyTask:
     seeded horizontal flip, identical for every run.
     """
     d = cfg.data
-    data_cfg = Config(run=RunConfig(seed=seed),
-                      data=DataConfig(source="oxford", root=d.root, image_size=d.image_size, border="class", val_fraction=d.val_fraction))
+    data_cfg = Config(
+        run=RunConfig(seed=seed),
+        data=DataConfig(source="oxford", root=d.root, image_size=d.image_size, border="class", val_fraction=d.val_fraction),
+    )
     datasets = build_datasets(data_cfg)
     for ds in datasets.values():
         ds.transforms = eval_transforms(d.image_size)
@@ -115,8 +125,16 @@ def pet_task(cfg: StudyConfig, seed: int, device: torch.device) -> StudyTask:
         return x, y
 
     return StudyTask(
-        label=PET_FOCUS, seed=seed, fg_ratio=share, class_names=names, focus=PET_FOCUS,
-        in_channels=3, batch=batch, eval_x=eval_x.to(device), eval_y=eval_y.to(device), pixel_counts=counts,
+        label=PET_FOCUS,
+        seed=seed,
+        fg_ratio=share,
+        class_names=names,
+        focus=PET_FOCUS,
+        in_channels=3,
+        batch=batch,
+        eval_x=eval_x.to(device),
+        eval_y=eval_y.to(device),
+        pixel_counts=counts,
     )
 
 
@@ -141,8 +159,14 @@ def build_study_model(cfg: StudyModelConfig, in_channels: int, num_classes: int,
     if cfg.arch == "tiny":
         return build_tiny_net(in_channels, num_classes, cfg.channels, cfg.layers, batch_norm)
     try:
-        model = smp.Unet(encoder_name=cfg.encoder, encoder_weights=None, in_channels=in_channels, classes=num_classes,
-                         decoder_channels=tuple(cfg.decoder_channels), decoder_use_norm="batchnorm" if batch_norm else False)
+        model = smp.Unet(
+            encoder_name=cfg.encoder,
+            encoder_weights=None,
+            in_channels=in_channels,
+            classes=num_classes,
+            decoder_channels=tuple(cfg.decoder_channels),
+            decoder_use_norm="batchnorm" if batch_norm else False,
+        )
     except (KeyError, ValueError) as exc:
         raise ConfigError(f"model.encoder: {str(exc).splitlines()[0]}") from None
     if not batch_norm:
@@ -157,4 +181,3 @@ def _strip_batch_norm(module: nn.Module) -> None:
             setattr(module, name, nn.Identity())
         else:
             _strip_batch_norm(child)
-

@@ -31,8 +31,9 @@ def grad_norm(grads: tuple[torch.Tensor, ...]) -> float:
     return float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])))
 
 
-def step_row(step: int, logits: torch.Tensor, y: torch.Tensor, values: dict[str, torch.Tensor],
-             norms: dict[str, float], task: StudyTask) -> dict[str, Any]:
+def step_row(
+    step: int, logits: torch.Tensor, y: torch.Tensor, values: dict[str, torch.Tensor], norms: dict[str, float], task: StudyTask
+) -> dict[str, Any]:
     """One steps.csv row: every loss, every loss's gradient norm, and the batch's accuracy, class IoUs and predicted focus share."""
     m = batch_metrics(logits.detach(), y, task.class_names)
     row: dict[str, Any] = {"step": step}
@@ -46,8 +47,16 @@ def step_row(step: int, logits: torch.Tensor, y: torch.Tensor, values: dict[str,
     return row
 
 
-def train_run(model: nn.Module, optimizer: torch.optim.Optimizer, task: StudyTask, trained: str, losses: dict[str, nn.Module],
-              steps: int, log_every: int, should_stop: Callable[[], bool] = lambda: False) -> tuple[list[dict[str, Any]], str]:
+def train_run(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    task: StudyTask,
+    trained: str,
+    losses: dict[str, nn.Module],
+    steps: int,
+    log_every: int,
+    should_stop: Callable[[], bool] = lambda: False,
+) -> tuple[list[dict[str, Any]], str]:
     """Train on `trained` for `steps` steps. Returns (logged rows, how it ended: "done" | "diverged" | "stopped").
 
     It stops at the first non-finite value of the trained loss or of its gradient norm, and

@@ -7,7 +7,8 @@ The scheduler steps every iteration. (The evaluation pass lives in seg_pet.evalu
 from __future__ import annotations
 
 import math
-from typing import Callable, Iterable, Optional
+from collections.abc import Callable, Iterable
+from typing import Optional
 
 import torch
 from torch import nn

@@ -40,8 +40,10 @@ def epoch_warnings(row: dict[str, Any], history: list[dict[str, Any]], metrics: 
             "accuracy hides classes the model does not predict (judge by per-class IoU; try loss.name: wce or ce_dice)"
         )
     elif dead and len(history) >= 2:
-        warnings.append(f"class not learned: IoU of {', '.join(repr(n) for n in dead)} is below {DEAD_IOU} after {len(history) + 1} epochs "
-                        "(try loss.name: wce or ce_dice)")
+        warnings.append(
+            f"class not learned: IoU of {', '.join(repr(n) for n in dead)} is below {DEAD_IOU} after {len(history) + 1} epochs "
+            "(try loss.name: wce or ce_dice)"
+        )
     loss = row.get("train_loss")
     miou = metrics.get("miou", math.nan)
     first = history[0]["train_loss"] if history else None

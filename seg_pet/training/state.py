@@ -29,8 +29,8 @@ from seg_pet.runtime.errors import CheckpointError, DataError, SegPetError
 from seg_pet.runtime.fileio import atomic_write, remove_partial_files
 from seg_pet.runtime.seeding import rng_state, set_rng_state
 from seg_pet.training.optim import build_optimizer, build_scheduler
-from seg_pet.training.records import check_history
 from seg_pet.training.parallel import data_parallel, global_batch_norm
+from seg_pet.training.records import check_history
 from seg_pet.training.rundir import repair_best_checkpoint
 
 
@@ -77,8 +77,14 @@ def load_resume_state(run_dir: Path, cfg: Config, stop_after_epoch: Optional[int
     return state
 
 
-def build_setup(cfg: Config, names: list[str], runtime: Runtime, train_set: PetSegmentation, resume_state: Optional[dict[str, Any]],
-                log: Callable[[str], None]) -> Setup:
+def build_setup(
+    cfg: Config,
+    names: list[str],
+    runtime: Runtime,
+    train_set: PetSegmentation,
+    resume_state: Optional[dict[str, Any]],
+    log: Callable[[str], None],
+) -> Setup:
     """Class weights, model, loss, optimiser and schedule, in the order that fixes the RNG stream."""
     share = len(train_set) // world_size()  # under torchrun each process trains on its share of the images
     if share < 1:
@@ -94,7 +100,10 @@ def build_setup(cfg: Config, names: list[str], runtime: Runtime, train_set: PetS
             weights = compute_class_weights(cfg.loss.get("class_weights"), pixel_counts)
             source = f"loss.class_weights: {cfg.loss.get('class_weights')} (from training-split pixel counts)"
         weights = check_class_weights(weights, names, source)
-        log("class weights (from training-split pixel counts): " + ", ".join(f"{n} {w:.3f} ({c} px)" for n, w, c in zip(names, weights, pixel_counts)))
+        log(
+            "class weights (from training-split pixel counts): "
+            + ", ".join(f"{n} {w:.3f} ({c} px)" for n, w, c in zip(names, weights, pixel_counts))
+        )
     model = build_model(cfg.model, len(names))
     if cfg.train.sync_bn and is_distributed():
         model = global_batch_norm(model, runtime)
@@ -164,8 +173,10 @@ def restore(setup: Setup, state: dict[str, Any], cfg: Config, names: list[str], 
         if setup.scaler is not None and state.get("scaler"):
             setup.scaler.load_state_dict(state["scaler"])
     except (ValueError, KeyError, RuntimeError, TypeError, AttributeError, IndexError) as exc:
-        raise CheckpointError(f"{last}: the optimiser/scheduler state does not fit the config ({first_line(exc)}); "
-                              "was an optim.* key changed since the run started?") from None
+        raise CheckpointError(
+            f"{last}: the optimiser/scheduler state does not fit the config ({first_line(exc)}); "
+            "was an optim.* key changed since the run started?"
+        ) from None
     history = check_history(state["history"], state["epoch"], last)
     saved = state.get("rng_by_rank") or [state["rng"]]
     try:
@@ -173,9 +184,11 @@ def restore(setup: Setup, state: dict[str, Any], cfg: Config, names: list[str], 
     except (ValueError, KeyError, RuntimeError, TypeError, IndexError) as exc:
         raise CheckpointError(f"{last} is not a seg_pet checkpoint (rng: {first_line(exc)})") from None
     if len(saved) != world_size():
-        log(f"note: {last} was saved by {len(saved)} process(es), this run has {world_size()}: training continues, but not "
+        log(
+            f"note: {last} was saved by {len(saved)} process(es), this run has {world_size()}: training continues, but not "
             f"bit-for-bit as it would have (other shards, global batch {setup.batch_size * world_size()} instead of "
-            f"{state.get('global_batch', '?')}; see docs/distributed.md)")
+            f"{state.get('global_batch', '?')}; see docs/distributed.md)"
+        )
     return Progress(state["epoch"] + 1, state["best_miou"], state["best_epoch"], history)
 
 

@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import torch
 from torchvision import tv_tensors
@@ -28,16 +29,23 @@ from torchvision.transforms.v2 import functional as F
 from seg_pet.checkpoint import load_checkpoint, load_model_weights, save_checkpoint
 from seg_pet.config import Config, dump_config
 from seg_pet.data.cache import cache_datasets
-from seg_pet.labels import class_names
 from seg_pet.data.loaders import epoch_train_loader, move_caches_to_device, val_loader_for
 from seg_pet.data.oxford import PetSegmentation
 from seg_pet.data.sources import build_datasets, build_test_dataset
 from seg_pet.data.transforms import denormalize
 from seg_pet.evaluation import evaluate_batches, evaluate_split, write_test_outputs
+from seg_pet.labels import class_names
 from seg_pet.metrics import compute_metrics, format_table
 from seg_pet.runtime.device import Runtime
-from seg_pet.runtime.distributed import (agreed_signal, broadcast_from_main, decided_by_main, is_main, join_process_group, main_first,
-                                        world_size)
+from seg_pet.runtime.distributed import (
+    agreed_signal,
+    broadcast_from_main,
+    decided_by_main,
+    is_main,
+    join_process_group,
+    main_first,
+    world_size,
+)
 from seg_pet.runtime.errors import SegPetError, TrainingDiverged, is_input_error
 from seg_pet.runtime.fileio import atomic_write, write_json
 from seg_pet.runtime.seeding import seed_everything
@@ -51,8 +59,15 @@ from seg_pet.training.state import Progress, Setup, build_setup, checkpoint_stat
 from seg_pet.viz import save_overlay, save_panel
 
 
-def train(cfg: Config, *, resume: bool = False, overwrite: bool = False, stop_after_epoch: Optional[int] = None,
-          dry_run: bool = False, log: Callable[[str], None] = print) -> dict[str, Any]:
+def train(
+    cfg: Config,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    stop_after_epoch: Optional[int] = None,
+    dry_run: bool = False,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
     """Train, validate every epoch, keep best/last checkpoints, then evaluate best.pt on test once.
 
     `stop_after_epoch` ends the process cleanly once that epoch is saved (no test evaluation);
@@ -86,8 +101,10 @@ def train(cfg: Config, *, resume: bool = False, overwrite: bool = False, stop_af
         initial = checkpoint_state(setup, progress, cfg, names, 0)
         if master_process:
             run_folder = create_run_dir(run_dir, lambda folder: write_initial_files(folder, cfg, setup, initial, names))
-    log(f"run {run_dir}: {len(datasets['train'])} train / {len(datasets['val'])} val images, classes {names}, {runtime.describe()}"
-        + processes_note(setup, cfg))
+    log(
+        f"run {run_dir}: {len(datasets['train'])} train / {len(datasets['val'])} val images, classes {names}, {runtime.describe()}"
+        + processes_note(setup, cfg)
+    )
 
     with DeferredStop() as stop:
         try:
@@ -103,16 +120,28 @@ def train(cfg: Config, *, resume: bool = False, overwrite: bool = False, stop_af
                 lr = setup.optimizer.param_groups[0]["lr"]
                 stats = train_epoch(setup, train_loader, runtime, cfg, epoch, stop)
                 if signum := agreed_signal(stop.signum):
-                    raise Interrupted(signum, f"during epoch {epoch} (its unfinished steps are discarded); "
-                                      f"{saved_note(run_dir, epoch - 1)}")
+                    raise Interrupted(
+                        signum, f"during epoch {epoch} (its unfinished steps are discarded); {saved_note(run_dir, epoch - 1)}"
+                    )
                 # Batch-norm statistics moved with each process's own images: evaluate with rank 0's, the ones saved.
                 broadcast_from_main(setup.model.buffers())
                 matrix, val_loss = evaluate_batches(setup.eval_model, val_loader, len(names), runtime, loss_fn=setup.loss_fn, desc="val")
                 if not math.isfinite(val_loss):  # NaN weights: nothing of this epoch is saved, best.pt and last.pt stay
                     raise TrainingDiverged(f"validation loss is {val_loss} after epoch {epoch}")
                 metrics = compute_metrics(matrix.mat, names)
-                record = EpochRecord(epoch, stats["loss"], val_loss, metrics["miou"], metrics["iou"], metrics["pixel_acc"], metrics["pred_share"],
-                                     stats["grad_norm_mean"], stats["grad_norm_max"], lr, time.perf_counter() - started)
+                record = EpochRecord(
+                    epoch,
+                    stats["loss"],
+                    val_loss,
+                    metrics["miou"],
+                    metrics["iou"],
+                    metrics["pixel_acc"],
+                    metrics["pred_share"],
+                    stats["grad_norm_mean"],
+                    stats["grad_norm_max"],
+                    lr,
+                    time.perf_counter() - started,
+                )
                 record.warnings = epoch_warnings(record.row(), progress.rows, metrics, names)
                 progress.rows.append(record.row())
                 improved = not math.isnan(record.val_miou) and record.val_miou > progress.best_miou
@@ -121,7 +150,9 @@ def train(cfg: Config, *, resume: bool = False, overwrite: bool = False, stop_af
                 state = checkpoint_state(setup, progress, cfg, names, epoch)  # in every process: it gathers their RNG states
                 if master_process:
                     if cfg.train.overlays:
-                        save_epoch_overlays(setup.model, datasets["val"], overlay_idx, run_dir / "overlays" / f"epoch_{epoch:03d}", runtime, names)
+                        save_epoch_overlays(
+                            setup.model, datasets["val"], overlay_idx, run_dir / "overlays" / f"epoch_{epoch:03d}", runtime, names
+                        )
                     write_epoch_outputs(run_dir, progress.rows, names)
                     save_epoch_checkpoints(run_dir, state, improved)
                     log(console_line(record.row(), cfg.optim.epochs) + ("  *best*" if improved else ""))
@@ -130,11 +161,15 @@ def train(cfg: Config, *, resume: bool = False, overwrite: bool = False, stop_af
                 if signum := agreed_signal(stop.signum):  # arrived during validation or saving: this epoch is complete
                     raise Interrupted(signum, f"after epoch {epoch}; {saved_note(run_dir, epoch)}")
                 if stop_after_epoch is not None and stop_after_epoch <= epoch < cfg.optim.epochs:
-                    log(f"stopped after epoch {epoch} as asked (--stop-after-epoch {stop_after_epoch}); continue with: {resume_command(run_dir)}")
+                    log(
+                        f"stopped after epoch {epoch} as asked (--stop-after-epoch {stop_after_epoch}); continue with: {resume_command(run_dir)}"
+                    )
                     return {}
         except TrainingDiverged as exc:
-            raise TrainingDiverged(f"{exc}; training stopped. Checkpoints and metrics up to the last finished epoch are kept in {run_dir}. "
-                                   "Try a lower optim.lr, optim.grad_clip, or train.amp: false") from None
+            raise TrainingDiverged(
+                f"{exc}; training stopped. Checkpoints and metrics up to the last finished epoch are kept in {run_dir}. "
+                "Try a lower optim.lr, optim.grad_clip, or train.amp: false"
+            ) from None
         except (SegPetError, RuntimeError) as exc:
             # Bad input found while reading pixels (a truncated image, a trimap value outside 1..3; a DataLoader
             # worker re-raises it with its type). If no epoch finished in this new run, take the folder away again
@@ -153,8 +188,10 @@ def processes_note(setup: Setup, cfg: Config) -> str:
     """Under torchrun, the batch per process and the global batch; nothing for one process."""
     if world_size() == 1:
         return ""
-    return (f"; {world_size()} processes x batch {setup.batch_size} = global batch {world_size() * setup.batch_size} "
-            f"(optim.lr {cfg.optim.lr:g} as given, not scaled), sync_bn {cfg.train.sync_bn}")
+    return (
+        f"; {world_size()} processes x batch {setup.batch_size} = global batch {world_size() * setup.batch_size} "
+        f"(optim.lr {cfg.optim.lr:g} as given, not scaled), sync_bn {cfg.train.sync_bn}"
+    )
 
 
 def write_initial_files(folder: Path, cfg: Config, setup: Setup, state: dict[str, Any], names: list[str]) -> None:
@@ -162,17 +199,34 @@ def write_initial_files(folder: Path, cfg: Config, setup: Setup, state: dict[str
     with atomic_write(folder / "config.yaml") as f:
         f.write(dump_config(cfg))
     if setup.class_weights is not None:
-        write_json(folder / "class_weights.json", {"scheme": cfg.loss.get("class_weights"), "class_names": names,
-                                                    "pixel_counts": setup.pixel_counts, "weights": setup.class_weights})
+        write_json(
+            folder / "class_weights.json",
+            {
+                "scheme": cfg.loss.get("class_weights"),
+                "class_names": names,
+                "pixel_counts": setup.pixel_counts,
+                "weights": setup.class_weights,
+            },
+        )
     save_checkpoint(folder / "checkpoints" / "last.pt", state)  # resumable from the start
 
 
 def train_epoch(setup: Setup, loader, runtime: Runtime, cfg: Config, epoch: int, stop: DeferredStop) -> Optional[dict[str, float]]:
     """One epoch of steps; None when a stop signal also killed a DataLoader worker mid-epoch."""
     try:
-        return train_one_epoch(setup.step_model, loader, setup.loss_fn, setup.optimizer, setup.scheduler, runtime,
-                               scaler=setup.scaler, grad_clip=cfg.optim.grad_clip, max_steps=setup.steps_per_epoch,
-                               desc=f"epoch {epoch}/{cfg.optim.epochs}", should_stop=lambda: stop.requested)
+        return train_one_epoch(
+            setup.step_model,
+            loader,
+            setup.loss_fn,
+            setup.optimizer,
+            setup.scheduler,
+            runtime,
+            scaler=setup.scaler,
+            grad_clip=cfg.optim.grad_clip,
+            max_steps=setup.steps_per_epoch,
+            desc=f"epoch {epoch}/{cfg.optim.epochs}",
+            should_stop=lambda: stop.requested,
+        )
     except RuntimeError:
         if not stop.requested:
             raise
@@ -193,7 +247,9 @@ def saved_note(run_dir: Path, epoch: int) -> str:
     return f"{run_dir / 'checkpoints' / 'last.pt'} holds epoch {epoch}. Resume with: {resume_command(run_dir)}"
 
 
-def test_once(model, test_set: PetSegmentation, cfg: Config, runtime: Runtime, names: list[str], log: Callable[[str], None]) -> dict[str, Any]:
+def test_once(
+    model, test_set: PetSegmentation, cfg: Config, runtime: Runtime, names: list[str], log: Callable[[str], None]
+) -> dict[str, Any]:
     """The test split is touched once: the best checkpoint, after the last epoch.
 
     Under torchrun rank 0 reads best.pt and hands its weights to the others (no process but rank 0
@@ -214,8 +270,13 @@ def test_once(model, test_set: PetSegmentation, cfg: Config, runtime: Runtime, n
             earlier = earlier_looks(run_dir, cfg, cfg)
         broadcast_from_main(model.state_dict().values())
         test_metrics = evaluate_split(model, test_set, cfg, runtime, names, desc="test")
-        test_metrics = {"split": "test", "checkpoint": "best", "checkpoint_epoch": decided_by_main(best_epoch),
-                        "earlier_test_evaluations": len(earlier), **test_metrics}
+        test_metrics = {
+            "split": "test",
+            "checkpoint": "best",
+            "checkpoint_epoch": decided_by_main(best_epoch),
+            "earlier_test_evaluations": len(earlier),
+            **test_metrics,
+        }
         if master_process:
             record_test_evaluation(run_dir, cfg, command="train", checkpoint=best_path, epoch=best_epoch, forced=False)
             write_test_outputs(run_dir, test_metrics, names)  # atomic files, test_metrics.json last

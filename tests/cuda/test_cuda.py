@@ -51,8 +51,9 @@ from tests.conftest import set_args, tiny_overrides  # noqa: E402
 
 pytestmark = [
     pytest.mark.cuda,
-    pytest.mark.skipif(not torch.cuda.is_available(),
-                       reason=f"needs a CUDA GPU: torch.cuda.is_available() is False here (torch {torch.__version__})"),
+    pytest.mark.skipif(
+        not torch.cuda.is_available(), reason=f"needs a CUDA GPU: torch.cuda.is_available() is False here (torch {torch.__version__})"
+    ),
 ]
 
 CUDA = torch.device("cuda")
@@ -106,8 +107,15 @@ def data_root(tmp_path_factory) -> Path:
 def _train_argv(tmp_path: Path, out: Path, name: str, data_root: Path, **extra) -> list[str]:
     config = tmp_path / "empty.yaml"
     config.write_text("")
-    sets = {"data.synthetic_images": 24, "data.image_size": SIZE, "data.batch_size": 4, "train.device": "cuda",
-            "train.overlays": 1, "train.max_steps_per_epoch": 2, **extra}
+    sets = {
+        "data.synthetic_images": 24,
+        "data.image_size": SIZE,
+        "data.batch_size": 4,
+        "train.device": "cuda",
+        "train.overlays": 1,
+        "train.max_steps_per_epoch": 2,
+        **extra,
+    }
     return ["train", "--config", str(config), *set_args(tiny_overrides(out, name, real=False, data_root=data_root, **sets))]
 
 
@@ -210,8 +218,9 @@ def test_bf16_autocast_training_steps_are_finite_and_the_loss_falls():
         assert model(runtime.to_device(images)).dtype == torch.bfloat16  # autocast is really on
     losses = []
     for step in range(12):
-        stats = train_one_epoch(model, [(images, targets)], loss_fn, optimizer, None, runtime, scaler=runtime.grad_scaler(),
-                                desc=f"step {step}")
+        stats = train_one_epoch(
+            model, [(images, targets)], loss_fn, optimizer, None, runtime, scaler=runtime.grad_scaler(), desc=f"step {step}"
+        )
         assert stats["steps"] == 1 and math.isfinite(stats["loss"]) and math.isfinite(stats["grad_norm_max"]), stats
         losses.append(stats["loss"])
     assert losses[-1] < 0.8 * losses[0], losses
@@ -232,6 +241,7 @@ def test_channels_last_is_kept_from_input_to_output():
             for what, tensor in (("input", inputs[0]), ("output", output)):
                 if not tensor.is_contiguous(memory_format=torch.channels_last):
                     broken.append(f"{name} {what}")
+
         return hook
 
     handles = [m.register_forward_hook(check(n)) for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
@@ -252,7 +262,9 @@ def test_compiled_model_trains_one_epoch(tmp_path, data_root, capsys):
     from seg_pet.cli import main
 
     out = tmp_path / "out"
-    assert main(_train_argv(tmp_path, out, "compiled", data_root, **{"train.compile": "true", "optim.epochs": 1})) == 0, capsys.readouterr().err
+    assert main(_train_argv(tmp_path, out, "compiled", data_root, **{"train.compile": "true", "optim.epochs": 1})) == 0, (
+        capsys.readouterr().err
+    )
     rows = _rows(out / "compiled")
     assert [r["epoch"] for r in rows] == [1] and math.isfinite(rows[0]["train_loss"]) and math.isfinite(rows[0]["val_loss"])
     assert (out / "compiled" / "test_metrics.json").is_file()

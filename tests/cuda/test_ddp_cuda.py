@@ -28,11 +28,33 @@ pytestmark = [
 @pytest.mark.parametrize("compile_model", [False, True], ids=["eager", "compile"])
 def test_two_gpus_train_and_the_checkpoint_evaluates_in_one_process(tmp_path: Path, compile_model: bool) -> None:
     (tmp_path / "empty.yaml").write_text("")
-    sets = tiny_overrides(tmp_path / "out", "r", real=False, **{"train.device": "auto", "train.amp": "true", "train.sync_bn": "true",
-                                                                "train.compile": str(compile_model).lower(), "data.synthetic_images": 35,
-                                                                "data.val_fraction": 0.2})
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "seg_pet", "train",
-               "--config", str(tmp_path / "empty.yaml"), *set_args(sets)]
+    sets = tiny_overrides(
+        tmp_path / "out",
+        "r",
+        real=False,
+        **{
+            "train.device": "auto",
+            "train.amp": "true",
+            "train.sync_bn": "true",
+            "train.compile": str(compile_model).lower(),
+            "data.synthetic_images": 35,
+            "data.val_fraction": 0.2,
+        },
+    )
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        "-m",
+        "seg_pet",
+        "train",
+        "--config",
+        str(tmp_path / "empty.yaml"),
+        *set_args(sets),
+    ]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]

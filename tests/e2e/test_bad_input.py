@@ -25,8 +25,6 @@ from tests.conftest import REPO, set_args, tiny_overrides
 NAME = "run"
 
 
-
-
 def fail_one_line(capsys, argv: list[str]) -> str:
     """Run the CLI in-process; assert the bad-input contract; return the message."""
     code = main(argv)
@@ -83,8 +81,15 @@ def test_yaml_python_tag_is_refused_and_not_run(tmp_path, capsys):
 def test_cuda_requested_without_cuda(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     out = tmp_path / "out"
-    message = fail_one_line(capsys, ["train", "--config", str(write_config(tmp_path, "")),
-                                     *set_args(tiny_overrides(out, NAME, real=False, **{"train.device": "cuda"}))])
+    message = fail_one_line(
+        capsys,
+        [
+            "train",
+            "--config",
+            str(write_config(tmp_path, "")),
+            *set_args(tiny_overrides(out, NAME, real=False, **{"train.device": "cuda"})),
+        ],
+    )
     assert "train.device: 'cuda' requested but CUDA is not available" in message
     assert not out.exists()
 
@@ -112,8 +117,15 @@ def first_listed(dataset: Path) -> str:
 
 
 def train_args(tmp_path: Path, dataset: Path, **extra) -> list[str]:
-    sets = {"data.source": "oxford", "data.root": str(dataset.parent), "data.batch_size": 1, "data.image_size": 64,
-            "train.max_steps_per_epoch": "null", "optim.epochs": 1, **extra}
+    sets = {
+        "data.source": "oxford",
+        "data.root": str(dataset.parent),
+        "data.batch_size": 1,
+        "data.image_size": 64,
+        "train.max_steps_per_epoch": "null",
+        "optim.epochs": 1,
+        **extra,
+    }
     # batch 1 and no step cap: epoch 1 reads every trainval file, so a pixel problem anywhere is found
     # (at 64 px: with a batch of 1 at 32 px BatchNorm would see one value per channel, refused before training).
     return ["train", "--config", str(write_config(tmp_path, "")), *set_args(tiny_overrides(tmp_path / "out", NAME, **sets))]
@@ -195,8 +207,12 @@ def test_trimap_values_outside_1_to_3(tmp_path, capsys, dataset, workers):
 def trained_run(tmp_path_factory) -> Path:
     """One finished 1-epoch run on synthetic data (read-only for the tests below: they copy it)."""
     out = tmp_path_factory.mktemp("runs")
-    argv = ["train", "--config", str(write_config(out, "")),
-            *set_args(tiny_overrides(out, NAME, real=False, **{"optim.epochs": 1, "data.synthetic_images": 16, "train.overlays": 1}))]
+    argv = [
+        "train",
+        "--config",
+        str(write_config(out, "")),
+        *set_args(tiny_overrides(out, NAME, real=False, **{"optim.epochs": 1, "data.synthetic_images": 16, "train.overlays": 1})),
+    ]
     assert main(argv) == 0
     return out / NAME
 

@@ -34,7 +34,7 @@ from tests.conftest import REPO, set_args, tiny_overrides
 WORLD, BATCH, EPOCHS = 2, 4, 4
 # Recorded by every torchrun process (a sitecustomize.py on its PYTHONPATH): each file it opens for
 # writing, creates, renames or removes, so a test can see which process wrote what.
-AUDIT = '''
+AUDIT = """
 import atexit, os, sys
 _folder = os.environ.get("SEG_PET_AUDIT_DIR")
 if _folder and "RANK" in os.environ:
@@ -56,7 +56,7 @@ if _folder and "RANK" in os.environ:
         paths = list(_seen)
         with open(os.path.join(_folder, "rank%s.txt" % os.environ["RANK"]), "w") as f:
             f.write("\\n".join(paths))
-'''
+"""
 
 
 @pytest.fixture(scope="module")
@@ -73,15 +73,32 @@ def base(tmp_path_factory) -> Path:
 def overrides(out: Path, name: str, base: Path, **extra) -> list[str]:
     """Augmentation off, deterministic, fp32 (CPU), global batch norm: the settings under which 2 x 4 must equal 1 x 8."""
     # 35 synthetic images: 20 train, 5 validation (2 processes get uneven shares), 10 test.
-    sets = {"data.synthetic_images": 35, "data.val_fraction": 0.2, "data.batch_size": BATCH, "data.augment": "false",
-            "train.deterministic": "true", "train.sync_bn": "true", "train.max_steps_per_epoch": 1, "train.overlays": 1,
-            "optim.epochs": EPOCHS, "optim.name": "sgd", "optim.lr": 0.01, "train.dist_timeout": 60, **extra}
+    sets = {
+        "data.synthetic_images": 35,
+        "data.val_fraction": 0.2,
+        "data.batch_size": BATCH,
+        "data.augment": "false",
+        "train.deterministic": "true",
+        "train.sync_bn": "true",
+        "train.max_steps_per_epoch": 1,
+        "train.overlays": 1,
+        "optim.epochs": EPOCHS,
+        "optim.name": "sgd",
+        "optim.lr": 0.01,
+        "train.dist_timeout": 60,
+        **extra,
+    }
     return tiny_overrides(out, name, real=False, data_root=base / "syn", **sets)
 
 
 def torchrun(base: Path, argv: list[str], audit: Path | None = None, **popen) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(base / "hook")]), "OMP_NUM_THREADS": "1",
-           "PYTHONUNBUFFERED": "1", "SEG_PET_AUDIT_DIR": str(audit or "")}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(REPO), str(base / "hook")]),
+        "OMP_NUM_THREADS": "1",
+        "PYTHONUNBUFFERED": "1",
+        "SEG_PET_AUDIT_DIR": str(audit or ""),
+    }
     if audit is not None:
         audit.mkdir(parents=True, exist_ok=True)
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(WORLD), "-m", "seg_pet", *argv]
@@ -137,8 +154,10 @@ def test_two_processes_equal_one_process_with_the_global_batch(half, base, capsy
     assert len(losses) == 2  # one step per epoch: each epoch's train_loss is one step's loss
     assert two["model"].keys() == one["model"].keys()  # no DDP `module.` prefix
     weight_gap = max(max_difference(two["model"][k], one["model"][k]) for k in one["model"])
-    print(f"2 x {BATCH} vs 1 x {WORLD * BATCH}: per-step loss differences {[f'{a - b:.1e}' for a, b in losses]}, "
-          f"largest weight difference {weight_gap:.1e}")
+    print(
+        f"2 x {BATCH} vs 1 x {WORLD * BATCH}: per-step loss differences {[f'{a - b:.1e}' for a, b in losses]}, "
+        f"largest weight difference {weight_gap:.1e}"
+    )
     # Observed on CPU: step 1 equal to 1e-7 or better, step 2 within 1e-4, weights within 6e-4 (their largest change
     # from the initial weights in these 2 steps is 0.74). A real mismatch is far larger: batch-norm statistics of 4
     # images instead of 8, another shard or an unaveraged gradient all move step 1 or step 2 by 1e-2 and more.

@@ -28,8 +28,6 @@ from tests.conftest import REPO, set_args, tiny_overrides
 EPOCHS = 4
 
 
-
-
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory) -> Path:
     """One synthetic dataset for the module (data.source: synthetic reuses it when the arguments match)."""
@@ -37,8 +35,15 @@ def data_root(tmp_path_factory) -> Path:
 
 
 def overrides(out: Path, name: str, data_root: Path, **extra) -> list[str]:
-    sets = {"data.synthetic_images": 16, "data.batch_size": 4, "train.overlays": 1, "train.max_steps_per_epoch": 2,
-            "train.deterministic": "true", "optim.epochs": EPOCHS, **extra}
+    sets = {
+        "data.synthetic_images": 16,
+        "data.batch_size": 4,
+        "train.overlays": 1,
+        "train.max_steps_per_epoch": 2,
+        "train.deterministic": "true",
+        "optim.epochs": EPOCHS,
+        **extra,
+    }
     return tiny_overrides(out, name, real=False, data_root=data_root, **sets)
 
 
@@ -224,8 +229,13 @@ def test_remove_partial_files_only_removes_leftovers(tmp_path):
 
 
 def _state(epoch: int, best_epoch: int) -> dict:
-    return {"model": {"w": torch.full((2,), float(epoch))}, "config": {"model": {}}, "class_names": ["a", "b"],
-            "epoch": epoch, "best_epoch": best_epoch}
+    return {
+        "model": {"w": torch.full((2,), float(epoch))},
+        "config": {"model": {}},
+        "class_names": ["a", "b"],
+        "epoch": epoch,
+        "best_epoch": best_epoch,
+    }
 
 
 def test_best_checkpoint_repaired_after_kill_between_last_and_best(tmp_path):
@@ -358,8 +368,9 @@ def test_sigterm_while_reading_a_checkpoint_is_not_a_bad_checkpoint(tmp_path, ca
 def spawn(argv: list[str], log: Path, new_group: bool = False) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
     with open(log, "w") as f:
-        return subprocess.Popen([sys.executable, "-m", "seg_pet", *argv], stdout=f, stderr=subprocess.PIPE, env=env, text=True,
-                                start_new_session=new_group)
+        return subprocess.Popen(
+            [sys.executable, "-m", "seg_pet", *argv], stdout=f, stderr=subprocess.PIPE, env=env, text=True, start_new_session=new_group
+        )
 
 
 def wait_for(log: Path, text: str, proc: subprocess.Popen, timeout: float = 180) -> None:

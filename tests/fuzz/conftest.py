@@ -35,8 +35,15 @@ FUZZ_LOG = os.environ.get("SEG_PET_FUZZ_LOG")  # a file: each command's exit cod
 
 def fuzz_settings(max_examples: int) -> settings:
     """Bounded, reproducible, no shrinking (one example is a command run: seconds, not microseconds)."""
-    return settings(max_examples=max(1, int(max_examples * FUZZ_SCALE)), deadline=None, derandomize=not FUZZ_RANDOM, database=None,
-                    phases=[Phase.explicit, Phase.generate], suppress_health_check=list(HealthCheck), print_blob=True)
+    return settings(
+        max_examples=max(1, int(max_examples * FUZZ_SCALE)),
+        deadline=None,
+        derandomize=not FUZZ_RANDOM,
+        database=None,
+        phases=[Phase.explicit, Phase.generate],
+        suppress_health_check=list(HealthCheck),
+        print_blob=True,
+    )
 
 
 # Smaller than the usual tiny setting (resnet18, 170 MB checkpoints): a 0.9 M-parameter LinkNet, 10 MB checkpoints.

@@ -38,8 +38,21 @@ odd_values = st.one_of(
 
 # --------------------------------------------------------------------------- configs
 
-paths = st.one_of(strings, st.sampled_from(["out", "out/existing", "out/existing/config.yaml", "out/existing/checkpoints", "c.yaml",
-                                            "new/deeper/folder", "/dev/null", "/proc/1"]))
+paths = st.one_of(
+    strings,
+    st.sampled_from(
+        [
+            "out",
+            "out/existing",
+            "out/existing/config.yaml",
+            "out/existing/checkpoints",
+            "c.yaml",
+            "new/deeper/folder",
+            "/dev/null",
+            "/proc/1",
+        ]
+    ),
+)
 
 
 def like(value: object) -> st.SearchStrategy:
@@ -53,7 +66,6 @@ def like(value: object) -> st.SearchStrategy:
     if isinstance(value, str):
         return paths
     return odd_values
-
 
 
 @st.composite
@@ -134,5 +146,15 @@ def apply_edit(state: dict, edit: tuple[tuple, str, object]) -> None:
 
 # --------------------------------------------------------------------------- data files
 
-DATA_DAMAGE = ["truncate", "random bytes", "empty", "other format", "resize", "trimap values", "unreadable", "delete",
-               "folder", "list line"]
+DATA_DAMAGE = [
+    "truncate",
+    "random bytes",
+    "empty",
+    "other format",
+    "resize",
+    "trimap values",
+    "unreadable",
+    "delete",
+    "folder",
+    "list line",
+]

@@ -50,7 +50,10 @@ def refused(argv: list[str], watched: Path, expected_code: int = 2) -> str:
     "extra, expected",
     [
         ({"run.seed": 2**70}, "run.seed: must be >= 0 and <= 4294967295, got 1180591620717411303424"),
-        ({"loss.name": "ce", "loss.class_weights": "[1e308, 1e308, 1e308]"}, "loss.class_weights[0]: must be >= 0 and <= 1e+06, got 1e+308"),
+        (
+            {"loss.name": "ce", "loss.class_weights": "[1e308, 1e308, 1e308]"},
+            "loss.class_weights[0]: must be >= 0 and <= 1e+06, got 1e+308",
+        ),
         ({"loss.name": "ce_dice", "loss.dice_weight": 1e300}, "loss.dice_weight: must be >= 0 and <= 1000, got 1e+300"),
     ],
     ids=["seed", "class-weights", "dice-weight"],

@@ -21,9 +21,9 @@ from tests.fuzz.strategies import config_texts
 DRY_RUN_EXAMPLES = 30
 TRAIN_EXAMPLES = 5
 # Keys left to the dry run: valid values could make a real run long or large, or write outside the sandbox ("/").
-DRY_RUN_ONLY = {("data", k) for k in ("root", "source", "image_size", "batch_size", "synthetic_images", "num_workers", "cache",
-                                      "download")} | {("run", "output_dir"), ("optim", "epochs"), ("train", "max_steps_per_epoch"),
-                                                       ("train", "compile")}
+DRY_RUN_ONLY = {
+    ("data", k) for k in ("root", "source", "image_size", "batch_size", "synthetic_images", "num_workers", "cache", "download")
+} | {("run", "output_dir"), ("optim", "epochs"), ("train", "max_steps_per_epoch"), ("train", "compile")}
 
 
 @pytest.fixture(scope="module")

@@ -33,15 +33,19 @@ def damages(draw, names: list[str]) -> tuple[str, str, str, int]:
 
 def damage(dataset: Path, kind: str, stem: str, action: str, seed: int) -> None:
     rng = np.random.default_rng(seed)
-    path = {"image": dataset / "images" / f"{stem}.jpg", "trimap": dataset / "annotations" / "trimaps" / f"{stem}.png",
-            "list": dataset / "annotations" / ("trainval.txt" if seed % 2 else "test.txt")}[kind]
+    path = {
+        "image": dataset / "images" / f"{stem}.jpg",
+        "trimap": dataset / "annotations" / "trimaps" / f"{stem}.png",
+        "list": dataset / "annotations" / ("trainval.txt" if seed % 2 else "test.txt"),
+    }[kind]
     data = path.read_bytes()
     if action == "truncate":
         path.write_bytes(data[: int(len(data) * rng.uniform(0, 0.9))])
     elif action == "random bytes":
         start = int(rng.integers(0, len(data)))
-        path.write_bytes(data[:start] + rng.integers(0, 256, size=min(64, len(data) - start), dtype=np.uint8).tobytes()
-                         + data[start + 64:])
+        path.write_bytes(
+            data[:start] + rng.integers(0, 256, size=min(64, len(data) - start), dtype=np.uint8).tobytes() + data[start + 64 :]
+        )
     elif action == "empty":
         path.write_bytes(b"")
     elif action == "other format":

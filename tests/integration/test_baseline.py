@@ -13,8 +13,20 @@ from tests.conftest import REPO, SHARED_DATA, requires_pet
 @requires_pet
 def test_baseline_trains_and_scores_the_test_split(tmp_path) -> None:
     out = tmp_path / "baseline"
-    cmd = [sys.executable, str(REPO / "scripts" / "baseline.py"), "--data-root", str(SHARED_DATA), "--out", str(out),
-           "--image-size", "32", "--epochs", "1", "--batch-size", "16"]
+    cmd = [
+        sys.executable,
+        str(REPO / "scripts" / "baseline.py"),
+        "--data-root",
+        str(SHARED_DATA),
+        "--out",
+        str(out),
+        "--image-size",
+        "32",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "16",
+    ]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     result = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
     assert result.returncode == 0, result.stderr

@@ -28,10 +28,28 @@ def _run(tmp_path: Path, *extra: str, data: tuple[str, ...] = ()) -> dict:
     out = tmp_path / "bench.json"
     threads = torch.get_num_threads()
     try:
-        code = benchmark.main([
-            "--device", "cpu", *(data or ("--synthetic", "16", "--data-root", str(tmp_path / "data"))), "--image-size", "32",
-            "--batch-size", "2", "--steps", "2", "--warmup", "1", "--workers", "0", "--threads", "1", "--out", str(out), *extra,
-        ])
+        code = benchmark.main(
+            [
+                "--device",
+                "cpu",
+                *(data or ("--synthetic", "16", "--data-root", str(tmp_path / "data"))),
+                "--image-size",
+                "32",
+                "--batch-size",
+                "2",
+                "--steps",
+                "2",
+                "--warmup",
+                "1",
+                "--workers",
+                "0",
+                "--threads",
+                "1",
+                "--out",
+                str(out),
+                *extra,
+            ]
+        )
     finally:
         torch.set_num_threads(threads)  # --threads is process-wide
     assert code == 0
@@ -50,9 +68,28 @@ def test_benchmark_cpu_tiny_writes_json(tmp_path: Path, capsys, cache: str) -> N
             assert "epoch_start_s" in result
     assert report["results"]["ceiling"]["ratio_to_ceiling"] == 1.0
     s = report["settings"]
-    for key in ("device", "torch", "smp", "usable_cpus", "image_size", "batch_size", "workers", "amp", "channels_last", "compile", "command"):
+    for key in (
+        "device",
+        "torch",
+        "smp",
+        "usable_cpus",
+        "image_size",
+        "batch_size",
+        "workers",
+        "amp",
+        "channels_last",
+        "compile",
+        "command",
+    ):
         assert key in s, key
-    assert (s["device"], s["image_size"], s["batch_size"], s["encoder"], s["amp"], s["channels_last"]) == ("cpu", 32, 2, "resnet18", None, False)
+    assert (s["device"], s["image_size"], s["batch_size"], s["encoder"], s["amp"], s["channels_last"]) == (
+        "cpu",
+        32,
+        2,
+        "resnet18",
+        None,
+        False,
+    )
     assert {f"data_over_train_step_{cache}", "data_over_ceiling_none", f"eval_over_train_{cache}"} <= set(report["derived"])
     assert report["cache"]["mode"] == cache and report["cache"]["size_mib"] > 0 and report["memory"]["peak_rss_mib"] > 0
     assert "ceiling" in capsys.readouterr().out  # the table is printed
@@ -64,8 +101,12 @@ def test_naive_baseline_on_the_bench_set_is_timed_in_the_same_run(tmp_path: Path
 
     The data is scripts/make_bench_data.py's output (here at small counts), read as data.root like any dataset."""
     bench_root = tmp_path / "bench"
-    assert _load_script("make_bench_data").main(["--from", str(SHARED_DATA), "--out", str(bench_root), "--trainval", "24", "--test", "8"]) == 0
-    report = _run(tmp_path, "--cache", "none", "--naive-baseline", "--naive-workers", "0", "--channels-last", data=("--data-root", str(bench_root)))
+    assert (
+        _load_script("make_bench_data").main(["--from", str(SHARED_DATA), "--out", str(bench_root), "--trainval", "24", "--test", "8"]) == 0
+    )
+    report = _run(
+        tmp_path, "--cache", "none", "--naive-baseline", "--naive-workers", "0", "--channels-last", data=("--data-root", str(bench_root))
+    )
     assert (report["settings"]["data_root"], report["settings"]["data_source"]) == (str(bench_root), "oxford")
     assert report["settings"]["train_images"] + report["settings"]["val_images"] == 24
     assert set(report["results"]) == {"ceiling", "engine_resident", "data_none", "train_none", "eval_none", "naive_fp32"}

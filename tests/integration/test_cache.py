@@ -222,8 +222,12 @@ def test_train_with_memory_cache_and_native_resolution(tmp_path):
     """`train` end to end: cache built, validation and test scored at each image's original size."""
     from seg_pet.cli import main
 
-    overrides = tiny_overrides(tmp_path, "native", real=False, **{"data.cache": "memory", "eval.native_resolution": "true",
-                                                                  "optim.epochs": 1, "train.max_steps_per_epoch": 1})
+    overrides = tiny_overrides(
+        tmp_path,
+        "native",
+        real=False,
+        **{"data.cache": "memory", "eval.native_resolution": "true", "optim.epochs": 1, "train.max_steps_per_epoch": 1},
+    )
     assert main(["train", "--config", str(REPO / "configs" / "smoke.yaml"), *set_args(overrides)]) == 0
     run = tmp_path / "native"
     cfg = load_config(run / "config.yaml")

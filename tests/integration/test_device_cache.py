@@ -83,11 +83,13 @@ def test_crops_are_torchvision_random_resized_crops():
     batch, targets = BatchAugment(SIZE, flip=False, jitter=False)(images, labels)
     assert batch.shape == (6, 3, SIZE, SIZE) and batch.dtype == torch.float32
     assert targets.shape == (6, SIZE, SIZE) and targets.dtype == torch.int64
-    reference = v2.Compose([
-        v2.RandomResizedCrop((SIZE, SIZE), scale=CROP_SCALE, ratio=CROP_RATIO, antialias=True),
-        v2.ToDtype({tv_tensors.Image: torch.float32, "others": None}, scale=True),
-        v2.Normalize(IMAGENET_MEAN, IMAGENET_STD),
-    ])
+    reference = v2.Compose(
+        [
+            v2.RandomResizedCrop((SIZE, SIZE), scale=CROP_SCALE, ratio=CROP_RATIO, antialias=True),
+            v2.ToDtype({tv_tensors.Image: torch.float32, "others": None}, scale=True),
+            v2.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        ]
+    )
     torch.manual_seed(5)
     for i, (image, label) in enumerate(zip(images, labels)):
         ref_image, ref_label = reference(tv_tensors.Image(image), tv_tensors.Mask(label))
@@ -183,8 +185,16 @@ def test_device_training_batches_cover_each_image_once_in_seeded_order(datasets,
 
 def test_native_resolution_keeps_a_list_of_original_size_labels(tmp_path):
     make_synthetic_dataset(tmp_path / "data", num_images=16, seed=1)
-    cfg = load_config(None, [f"data.root={tmp_path / 'data'}", "data.source=oxford", f"data.image_size={SIZE}",
-                             "data.num_workers=0", "eval.native_resolution=true"])
+    cfg = load_config(
+        None,
+        [
+            f"data.root={tmp_path / 'data'}",
+            "data.source=oxford",
+            f"data.image_size={SIZE}",
+            "data.num_workers=0",
+            "eval.native_resolution=true",
+        ],
+    )
     val = build_datasets(cfg)["val"]
     attach_cache(val, "memory", data_root=tmp_path / "data", log=_silent)
     expected = list(make_loader(val, 2, shuffle=False, num_workers=0))

@@ -41,8 +41,6 @@ NAMES = ["pet", "background", "border"]
 C = len(NAMES)
 
 
-
-
 def healthy_targets(n: int = 2, size: int = 8) -> torch.Tensor:
     g = torch.Generator().manual_seed(0)
     target = torch.randint(0, C, (n, size, size), generator=g)
@@ -201,8 +199,17 @@ def test_loss_floor_accepts_label_smoothing_floor():
 
 
 def _real_batch_and_model():
-    cfg = load_config(None, [f"data.root={SHARED_DATA}", "data.download=false", "data.image_size=64",
-                             "model.encoder=resnet18", "model.encoder_weights=null", "train.device=cpu"])
+    cfg = load_config(
+        None,
+        [
+            f"data.root={SHARED_DATA}",
+            "data.download=false",
+            "data.image_size=64",
+            "model.encoder=resnet18",
+            "model.encoder_weights=null",
+            "train.device=cpu",
+        ],
+    )
     images, targets = overfit_batch(build_datasets(cfg)["train"], size=32, count=4)
     torch.manual_seed(0)
     return images, targets, build_model(cfg.model, C)
@@ -240,8 +247,16 @@ def test_overfit_fails_for_a_model_that_does_not_learn():
 def test_doctor_on_real_slice_passes(tmp_path, capsys):
     config = tmp_path / "empty.yaml"
     config.write_text("")
-    sets = [f"data.root={SHARED_DATA}", "data.download=false", "data.image_size=64", "data.batch_size=8",
-            "data.num_workers=0", "model.encoder=resnet18", "model.encoder_weights=null", "train.device=cpu"]
+    sets = [
+        f"data.root={SHARED_DATA}",
+        "data.download=false",
+        "data.image_size=64",
+        "data.batch_size=8",
+        "data.num_workers=0",
+        "model.encoder=resnet18",
+        "model.encoder_weights=null",
+        "train.device=cpu",
+    ]
     code = main(["doctor", "--config", str(config), *set_args(sets)])
     out = capsys.readouterr().out
     assert code == 0, out
@@ -274,8 +289,15 @@ def val_metrics(matrix: list[list[int]]) -> dict:
 
 
 def row_for(metrics: dict, train_loss: float = 0.5, epoch: int = 1, grad: float = 1.0) -> dict:
-    return {"epoch": epoch, "train_loss": train_loss, "val_miou": metrics["miou"], "val_iou": metrics["iou"],
-            "val_pixel_acc": metrics["pixel_acc"], "pred_share": metrics["pred_share"], "grad_norm_mean": grad}
+    return {
+        "epoch": epoch,
+        "train_loss": train_loss,
+        "val_miou": metrics["miou"],
+        "val_iou": metrics["iou"],
+        "val_pixel_acc": metrics["pixel_acc"],
+        "pred_share": metrics["pred_share"],
+        "grad_norm_mean": grad,
+    }
 
 
 HEALTHY = [[280, 15, 5], [20, 570, 10], [15, 15, 70]]  # rows true, cols predicted
@@ -336,9 +358,18 @@ def test_nan_loss_stops_with_exit_1_and_keeps_best_and_last(tmp_path, capsys, mo
     monkeypatch.setattr(train_module, "train_one_epoch", poisoned_epoch)
     config = tmp_path / "empty.yaml"
     config.write_text("")
-    sets = tiny_overrides(tmp_path / "out", "nan", real=False, **{"data.synthetic_images": 8, "data.batch_size": 4,
-                                                                  "train.max_steps_per_epoch": 1, "train.overlays": 0,
-                                                                  "model.encoder": "mobilenet_v2"})
+    sets = tiny_overrides(
+        tmp_path / "out",
+        "nan",
+        real=False,
+        **{
+            "data.synthetic_images": 8,
+            "data.batch_size": 4,
+            "train.max_steps_per_epoch": 1,
+            "train.overlays": 0,
+            "model.encoder": "mobilenet_v2",
+        },
+    )
     run_dir = tmp_path / "out" / "nan"
     code = main(["train", "--config", str(config), *set_args(sets)])
     captured = capsys.readouterr()

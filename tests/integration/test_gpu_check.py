@@ -84,8 +84,13 @@ def _bench(ceiling: float, train: dict[str, tuple[float, float]], evaluation: di
         peaks["naive_fp32"] = 12000.0
     for r in results.values():
         r["ratio_to_ceiling"] = r["images_per_s"] / ceiling
-    return {"settings": {"batch_size": 32, "train_images": 3312, "image_size": 256}, "results": results,
-            "derived": {}, "cache": {}, "memory": {"peak_gpu_mib": peaks}}
+    return {
+        "settings": {"batch_size": 32, "train_images": 3312, "image_size": 256},
+        "results": results,
+        "derived": {},
+        "cache": {},
+        "memory": {"peak_gpu_mib": peaks},
+    }
 
 
 def _results(**training) -> dict:
@@ -100,13 +105,29 @@ def _results(**training) -> dict:
             "device": _bench(1000.0, {"none": (450.0, 0.8), "device": (980.0, 0.0)}, {"none": 1400.0, "device": 3500.0}),
             "compile": _bench(1300.0, {}, {}),
         },
-        "training": {"cache": "device", "train_images": 3312, "val_images": 368, "peak_gpu_mib": 15000.0, "test_miou": 0.5,
-                     "epochs": [{"epoch": 1, "seconds": 4.0, "train_loss": 0.9, "val_miou": 0.4},
-                                {"epoch": 2, "seconds": 2.2, "train_loss": 0.7, "val_miou": 0.5},
-                                {"epoch": 3, "seconds": 2.4, "train_loss": 0.6, "val_miou": 0.55}]} | training,
-        "cuda_tests": {"summary": "10 passed, 1 failed in 95.0s", "passed": 10, "failed": 1, "skipped": 0, "error": 0,
-                       "tests": [{"test": "test_compiled_model_trains_one_epoch", "outcome": "failed", "seconds": 60.0,
-                                  "message": "AssertionError: a | b"}]},
+        "training": {
+            "cache": "device",
+            "train_images": 3312,
+            "val_images": 368,
+            "peak_gpu_mib": 15000.0,
+            "test_miou": 0.5,
+            "epochs": [
+                {"epoch": 1, "seconds": 4.0, "train_loss": 0.9, "val_miou": 0.4},
+                {"epoch": 2, "seconds": 2.2, "train_loss": 0.7, "val_miou": 0.5},
+                {"epoch": 3, "seconds": 2.4, "train_loss": 0.6, "val_miou": 0.55},
+            ],
+        }
+        | training,
+        "cuda_tests": {
+            "summary": "10 passed, 1 failed in 95.0s",
+            "passed": 10,
+            "failed": 1,
+            "skipped": 0,
+            "error": 0,
+            "tests": [
+                {"test": "test_compiled_model_trains_one_epoch", "outcome": "failed", "seconds": 60.0, "message": "AssertionError: a | b"}
+            ],
+        },
     }
 
 
@@ -132,8 +153,12 @@ def test_goals_pass_fail_and_not_measured() -> None:
     assert [g["status"] for g in goals.values()] == ["pass"] * 4
     assert goals["train_vs_ceiling"]["value"] == pytest.approx(0.98) and "device" in goals["train_vs_ceiling"]["basis"]
 
-    slow = _results(epochs=[{"epoch": 1, "seconds": 5.0, "train_loss": 1.0, "val_miou": 0.3},
-                            {"epoch": 2, "seconds": 2.6, "train_loss": 0.9, "val_miou": 0.4}])
+    slow = _results(
+        epochs=[
+            {"epoch": 1, "seconds": 5.0, "train_loss": 1.0, "val_miou": 0.3},
+            {"epoch": 2, "seconds": 2.6, "train_loss": 0.9, "val_miou": 0.4},
+        ]
+    )
     slow["benchmark"]["device"] = _bench(1000.0, {"none": (450.0, 0.8), "device": (900.0, 0.0)}, {"none": 1400.0, "device": 2000.0})
     del slow["benchmark"]["memory"]["results"]["naive_fp32"]
     goals = {g["goal"]: g["status"] for g in gpu_check.check_goals(slow)}
@@ -169,8 +194,9 @@ def test_the_bench_set_is_an_existing_data_root_or_built_by_make_bench_data(tmp_
 
     class FakeCheck:
         def __init__(self, data_root, source):
-            self.args = gpu_check.parse_args(["--out", str(tmp_path / "gc"), *(["--data-root", str(data_root)] if data_root else []),
-                                              "--from", str(source)])
+            self.args = gpu_check.parse_args(
+                ["--out", str(tmp_path / "gc"), *(["--data-root", str(data_root)] if data_root else []), "--from", str(source)]
+            )
             self.results, self.temporary = {"steps": {}}, None
 
         def run(self, name, cmd):

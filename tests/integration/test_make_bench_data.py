@@ -41,10 +41,7 @@ def _run(*args: str) -> subprocess.CompletedProcess:
 
 def _tree(root: Path) -> dict[str, tuple[bytes, int]]:
     """Relative path -> (bytes, mtime_ns) of every file and folder under root ('' bytes for folders)."""
-    return {
-        str(p.relative_to(root)): (p.read_bytes() if p.is_file() else b"", p.stat().st_mtime_ns)
-        for p in sorted(root.rglob("*"))
-    }
+    return {str(p.relative_to(root)): (p.read_bytes() if p.is_file() else b"", p.stat().st_mtime_ns) for p in sorted(root.rglob("*"))}
 
 
 def _listing(root: Path) -> dict[str, tuple[int, int]]:

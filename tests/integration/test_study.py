@@ -219,8 +219,17 @@ def test_seeds_are_repeated_and_summarised_with_the_classic_losses(tmp_path):
     assert [(r["seed"], r["loss"]) for r in runs] == [(s, n) for s in "012" for n in ("cce", "dicefg")]
     assert runs[0]["loss_cce"] != runs[2]["loss_cce"]  # the seeds differ
     columns, summary = read_csv(out / "summary.csv")
-    assert {"converged_accuracy", "converged_iou", "collapsed", "accuracy_median", "accuracy_min", "accuracy_max",
-            "min_iou_median", "learned_step_median", "never_learned"} <= set(columns)
+    assert {
+        "converged_accuracy",
+        "converged_iou",
+        "collapsed",
+        "accuracy_median",
+        "accuracy_min",
+        "accuracy_max",
+        "min_iou_median",
+        "learned_step_median",
+        "never_learned",
+    } <= set(columns)
     assert [(s["task"], s["loss"], s["seeds"]) for s in summary] == [("fg 20%", "cce", "3"), ("fg 20%", "dicefg", "3")]
     cce = [r for r in runs if r["loss"] == "cce"]
     assert int(summary[0]["collapsed"]) == sum(r["collapsed"] == "yes" for r in cce)
@@ -318,8 +327,11 @@ def test_plain_sgd_has_no_momentum():
 @requires_pet
 def test_pet_study_runs_on_the_real_slice(tmp_path):
     # The tiny net keeps this fast; the real config uses a U-Net. wce needs pixel counts, border is the focus class.
-    sets = mini(tmp_path, "pet", **{"data.source": "pet", "data.root": str(SHARED_DATA), "data.image_size": 32,
-                                     "grid.losses": "[wce, dice_fg]", "optim.steps": 3})
+    sets = mini(
+        tmp_path,
+        "pet",
+        **{"data.source": "pet", "data.root": str(SHARED_DATA), "data.image_size": 32, "grid.losses": "[wce, dice_fg]", "optim.steps": 3},
+    )
     sets = [s for s in sets if not s.startswith(("data.fg_ratios", "data.eval_images"))]
     out = quiet(None, sets)
     columns, runs = read_csv(out / "runs.csv")

@@ -35,7 +35,10 @@ def test_pet_unet_is_the_real_job():
 
 
 def test_overrides_parse_values_as_yaml(tmp_path):
-    cfg = load_config(write(tmp_path, "optim:\n  lr: 0.1\n"), ["optim.lr=1e-4", "model.encoder_weights=null", "loss.name=dice", "loss.classes=[pet, border]", "run.name=x"])
+    cfg = load_config(
+        write(tmp_path, "optim:\n  lr: 0.1\n"),
+        ["optim.lr=1e-4", "model.encoder_weights=null", "loss.name=dice", "loss.classes=[pet, border]", "run.name=x"],
+    )
     assert cfg.optim.lr == pytest.approx(1e-4)
     assert cfg.model.encoder_weights is None
     assert cfg.loss.get("classes") == ["pet", "border"]

@@ -30,8 +30,10 @@ def test_one_process_shuffles_exactly_as_shuffle_true():
     data = list(range(13))
     plain = [b.tolist() for b in DataLoader(data, batch_size=4, shuffle=True, generator=torch.Generator().manual_seed(7))]
     generator = torch.Generator().manual_seed(7)
-    sharded = [b.tolist() for b in DataLoader(data, batch_size=4, generator=generator,
-                                              sampler=ShardSampler(13, 0, 1, generator=generator, equal=False))]
+    sharded = [
+        b.tolist()
+        for b in DataLoader(data, batch_size=4, generator=generator, sampler=ShardSampler(13, 0, 1, generator=generator, equal=False))
+    ]
     assert sharded == plain
 
 

@@ -127,6 +127,7 @@ def test_all_ignored_batch_gives_zero_not_nan(name: str) -> None:
 
 # ---- values against the definitions ------------------------------------------------------
 
+
 def _soft_stats(logits: torch.Tensor, target: torch.Tensor):
     """Per-class soft sums over batch and labelled pixels: sum p*g, sum p, sum p^2, sum g."""
     c = logits.shape[1]
@@ -260,6 +261,7 @@ def test_focal_is_one_vs_rest_sigmoid_focal() -> None:
 
 # ---- class weights -----------------------------------------------------------------------
 
+
 def test_class_weight_schemes() -> None:
     counts = [10000, 100, 50]
     total = sum(counts)
@@ -296,6 +298,7 @@ def test_needs_class_weights_and_build_requirements() -> None:
 
 # ---- validation --------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("name", LOSS_NAMES)
 def test_defaults_are_valid(name: str) -> None:
     validate_loss_options(Cfg(name=name), CLASS_NAMES[2])
@@ -303,8 +306,16 @@ def test_defaults_are_valid(name: str) -> None:
 
 
 def test_every_option_of_every_loss_is_accepted() -> None:
-    values = {"label_smoothing": 0.1, "class_weights": "median", "dice_weight": 0.5,
-              "dice_variant": "dice_fg", "gamma": 1.0, "alpha": 0.3, "beta": 0.7, "classes": ["pet"]}
+    values = {
+        "label_smoothing": 0.1,
+        "class_weights": "median",
+        "dice_weight": 0.5,
+        "dice_variant": "dice_fg",
+        "gamma": 1.0,
+        "alpha": 0.3,
+        "beta": 0.7,
+        "classes": ["pet"],
+    }
     for name, options in LOSS_OPTIONS.items():
         validate_loss_options(Cfg(name=name, **{f.name: values[f.name] for f in dataclasses.fields(options)}), CLASS_NAMES[3])
 

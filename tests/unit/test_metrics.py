@@ -188,9 +188,4 @@ def test_format_table_and_csv() -> None:
         row = next(line for line in lines if line.startswith(label))
         assert row.split("|")[1].strip() == value
 
-    assert confusion_csv(cm.mat, NAMES3) == (
-        "true\\pred,pet,background,border\n"
-        "pet,6,0,0\n"
-        "background,4,0,0\n"
-        "border,0,0,0\n"
-    )
+    assert confusion_csv(cm.mat, NAMES3) == ("true\\pred,pet,background,border\npet,6,0,0\nbackground,4,0,0\nborder,0,0,0\n")

@@ -53,14 +53,42 @@ def test_collapsed_means_one_class_everywhere():
 @pytest.mark.parametrize(
     "m, outcome",
     [
-        (metrics(0.998, {"foreground": 0.96, "background": 0.99}, {"foreground": 0.05, "background": 0.95},
-                 {"foreground": 0.05, "background": 0.95}), "converged"),
-        (metrics(0.985, {"foreground": 0.75, "background": 0.98}, {"foreground": 0.05, "background": 0.95},
-                 {"foreground": 0.05, "background": 0.95}), "accurate"),  # the original's rule holds, the IoU rule does not
-        (metrics(0.96, {"foreground": 0.4, "background": 0.96}, {"foreground": 0.05, "background": 0.95},
-                 {"foreground": 0.03, "background": 0.97}), "partial"),
-        (metrics(0.95, {"foreground": 0.95, "background": 0.0}, {"foreground": 0.95, "background": 0.05},
-                 {"foreground": 1.0, "background": 0.0}), "collapsed"),  # fg IoU 0.95 looks fine; background is never predicted
+        (
+            metrics(
+                0.998,
+                {"foreground": 0.96, "background": 0.99},
+                {"foreground": 0.05, "background": 0.95},
+                {"foreground": 0.05, "background": 0.95},
+            ),
+            "converged",
+        ),
+        (
+            metrics(
+                0.985,
+                {"foreground": 0.75, "background": 0.98},
+                {"foreground": 0.05, "background": 0.95},
+                {"foreground": 0.05, "background": 0.95},
+            ),
+            "accurate",
+        ),  # the original's rule holds, the IoU rule does not
+        (
+            metrics(
+                0.96,
+                {"foreground": 0.4, "background": 0.96},
+                {"foreground": 0.05, "background": 0.95},
+                {"foreground": 0.03, "background": 0.97},
+            ),
+            "partial",
+        ),
+        (
+            metrics(
+                0.95,
+                {"foreground": 0.95, "background": 0.0},
+                {"foreground": 0.95, "background": 0.05},
+                {"foreground": 1.0, "background": 0.0},
+            ),
+            "collapsed",
+        ),  # fg IoU 0.95 looks fine; background is never predicted
     ],
 )
 def test_judge(m, outcome):
@@ -84,14 +112,32 @@ def test_learned_step_is_the_first_logged_step_with_min_iou_half():
 
 
 def run(seed: int, loss: str, acc: float, min_iou: float, learned, outcome: str) -> dict:
-    return dict(task="fg 5%", fg_ratio=0.05, batch_norm=True, optimizer="adam", loss=loss, seed=seed, accuracy=acc,
-                min_iou=min_iou, learned_step=learned, outcome=outcome, grad_norm_median=0.5 + seed, train_min_iou=min_iou, converged_accuracy=outcome in ("converged", "accurate"),
-                converged_iou=outcome == "converged", collapsed=outcome == "collapsed")
+    return dict(
+        task="fg 5%",
+        fg_ratio=0.05,
+        batch_norm=True,
+        optimizer="adam",
+        loss=loss,
+        seed=seed,
+        accuracy=acc,
+        min_iou=min_iou,
+        learned_step=learned,
+        outcome=outcome,
+        grad_norm_median=0.5 + seed,
+        train_min_iou=min_iou,
+        converged_accuracy=outcome in ("converged", "accurate"),
+        converged_iou=outcome == "converged",
+        collapsed=outcome == "collapsed",
+    )
 
 
 def test_summary_counts_seeds_and_gives_median_and_range():
-    runs = [run(0, "cce", 0.99, 0.80, 100, "accurate"), run(1, "cce", 0.95, 0.0, None, "collapsed"),
-            run(2, "cce", 0.998, 0.93, 300, "converged"), run(0, "dice", 0.97, 0.6, 50, "partial")]
+    runs = [
+        run(0, "cce", 0.99, 0.80, 100, "accurate"),
+        run(1, "cce", 0.95, 0.0, None, "collapsed"),
+        run(2, "cce", 0.998, 0.93, 300, "converged"),
+        run(0, "dice", 0.97, 0.6, 50, "partial"),
+    ]
     rows = summarise(runs)
     assert [(r["loss"], r["seeds"]) for r in rows] == [("cce", 3), ("dice", 1)]
     cce = rows[0]

@@ -32,9 +32,7 @@ def test_layout_and_return_value(dataset: Path) -> None:
         assert (ann / name).is_file()
     list_lines = (ann / "list.txt").read_text().splitlines()
     assert [line.startswith("#") for line in list_lines[:7]] == [True] * 6 + [False]
-    split_lines = [
-        line for name in ("trainval.txt", "test.txt") for line in (ann / name).read_text().splitlines()
-    ]
+    split_lines = [line for name in ("trainval.txt", "test.txt") for line in (ann / name).read_text().splitlines()]
     assert sorted(list_lines[6:]) == sorted(split_lines)
     for line in split_lines:
         image_id, class_id, species, breed_id = line.split()

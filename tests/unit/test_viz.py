@@ -197,7 +197,5 @@ def test_import_leaves_pyplot_alone() -> None:
     code = "import sys, seg_pet.viz; print('matplotlib.pyplot' in sys.modules)"
     # `-c` puts the working directory on sys.path: run from the repository root.
     repo_root = Path(__file__).resolve().parents[2]
-    result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=repo_root
-    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=repo_root)
     assert result.stdout.strip() == "False"
