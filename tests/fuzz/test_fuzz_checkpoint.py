@@ -16,7 +16,7 @@ from hypothesis import given
 from tests.fuzz.conftest import check_contract, fuzz_settings, link_copy, run_cli, sandbox, snapshot
 from tests.fuzz.strategies import apply_edit, checkpoint_edits
 
-EXAMPLES = 20
+EXAMPLES = 15
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ from seg_pet.data.synthetic import MARKER_NAME
 from tests.fuzz.conftest import check_contract, fuzz_settings, link_copy, run_cli, sandbox, small_overrides, snapshot
 from tests.fuzz.strategies import config_texts
 
-DRY_RUN_EXAMPLES = 30
+DRY_RUN_EXAMPLES = 25
 TRAIN_EXAMPLES = 5
 # Keys left to the dry run: valid values could make a real run long or large, or write outside the sandbox ("/").
 DRY_RUN_ONLY = {
