@@ -24,16 +24,11 @@ from seg_pet.doctor.checks import (
     check_baseline,
     check_class_balance,
     check_images,
-    check_initial_loss,
-    check_loss_floor,
     check_masks,
-    check_output,
-    check_overfit,
     format_result,
     majority_baseline,
-    overfit_batch,
-    smoothing_floor,
 )
+from seg_pet.doctor.model_checks import check_initial_loss, check_loss_floor, check_output, check_overfit, overfit_batch, smoothing_floor
 from seg_pet.labels import class_names
 from seg_pet.losses import build_loss, compute_class_weights, needs_class_weights
 from seg_pet.models import build_model

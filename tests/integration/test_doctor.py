@@ -16,21 +16,8 @@ from seg_pet.checkpoint import load_checkpoint
 from seg_pet.cli import main
 from seg_pet.config import load_config
 from seg_pet.data.sources import build_datasets
-from seg_pet.doctor.checks import (
-    FAIL,
-    PASS,
-    WARN,
-    check_baseline,
-    check_class_balance,
-    check_images,
-    check_initial_loss,
-    check_loss_floor,
-    check_masks,
-    check_output,
-    check_overfit,
-    majority_baseline,
-    overfit_batch,
-)
+from seg_pet.doctor.checks import FAIL, PASS, WARN, check_baseline, check_class_balance, check_images, check_masks, majority_baseline
+from seg_pet.doctor.model_checks import check_initial_loss, check_loss_floor, check_output, check_overfit, overfit_batch
 from seg_pet.losses import compute_class_weights
 from seg_pet.metrics import compute_metrics
 from seg_pet.models import build_model
