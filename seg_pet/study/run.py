@@ -159,6 +159,7 @@ def _run_grid(cfg: StudyConfig, device: torch.device, log: Callable[[str], None]
 
     names = tasks[0].class_names
     run_cols, step_cols = runs_columns(g.losses, names), steps_columns(g.losses, names)
+    write_csv(out_dir / "runs.csv", run_cols, [])  # headers first: an interrupt before the first run still leaves both files
     with atomic_write(out_dir / "steps.csv", "w") as f:
         f.write(csv_text(step_cols, []))
     plan = [(t, bn, opt, loss) for t in tasks for bn in g.batch_norm for opt in g.optimizers for loss in g.losses]
