@@ -198,58 +198,102 @@ def build_tasks(cfg: StudyConfig, device: torch.device) -> list[StudyTask]:
     return [toy_task(cfg, ratio, seed, device) for seed in cfg.study.seeds for ratio in cfg.data.fg_ratios]
 
 
+def one_run(
+    cfg: StudyConfig,
+    task: StudyTask,
+    batch_norm: bool,
+    optimizer_name: str,
+    loss: str,
+    run_id: int,
+    device: torch.device,
+    should_stop: Callable[[], bool],
+) -> tuple[dict[str, Any], list[dict[str, Any]]] | None:
+    """Train and score one run; returns (runs.csv row, logged steps), or None when a stop was requested mid-run."""
+    t0 = time.perf_counter()
+    names = task.class_names
+    torch.manual_seed(task.seed)  # identical initial weights for a given seed, architecture and BN setting
+    model = build_study_model(cfg.model, task.in_channels, len(names), batch_norm).to(device)
+    optimizer = study_optimizer(optimizer_name, cfg.optim, model.parameters())
+    losses = build_losses(cfg.study.losses, cfg.grid.losses, names, task.pixel_counts, device)
+    steps, ended = train_run(model, optimizer, task, loss, losses, cfg.optim.steps, cfg.study.log_every, should_stop)
+    if ended == "stopped":
+        return None
+    result = score_run(model, task, losses) if ended == "done" else None
+    settings = optimizer.param_groups[0]
+    run = dict(
+        run_id=run_id,
+        seed=task.seed,
+        source=cfg.data.source,
+        task=task.label,
+        fg_ratio=task.fg_ratio,
+        loss=loss,
+        batch_norm=batch_norm,
+        optimizer=optimizer_name,
+        lr=settings["lr"],
+        momentum=settings.get("momentum", 0.0),
+        steps=cfg.optim.steps,
+    )
+    row = run_row(run, task, steps, ended, result, cfg)
+    row["seconds"] = time.perf_counter() - t0
+    return row, [dict(s, run_id=run_id) for s in steps]
+
+
+def write_results(
+    cfg: StudyConfig,
+    runs: list[dict[str, Any]],
+    steps_by_run: dict[int, list[dict[str, Any]]],
+    planned: int,
+    rows: list[str],
+    log: Callable[[str], None],
+) -> str:
+    """summary.csv, summary.md and the figures from the finished runs; logs the table and returns a line of totals."""
+    out_dir = cfg.out_dir
+    summary = summarise(runs)
+    write_csv(out_dir / "summary.csv", summary_columns(), summary)
+    table = summary_markdown(summary)
+    with atomic_write(out_dir / "summary.md", "w") as f:
+        f.write(f"# {cfg.study.name}: {len(runs)} of {planned} runs, seeds {cfg.study.seeds}\n\n{table}")
+    write_plots(out_dir, cfg, runs, steps_by_run, summary, rows)
+    log(table)
+    totals = {k: sum(bool(r[k]) for r in runs) for k in ("converged_accuracy", "converged_iou", "collapsed", "diverged")}
+    return (
+        f"{len(runs)} runs: {totals['converged_accuracy']} converged by the accuracy rule, {totals['converged_iou']} by the "
+        f"IoU rule (every class >= {cfg.study.converged_min_iou:g}), {totals['collapsed']} collapsed, {totals['diverged']} diverged"
+    )
+
+
 def _run_grid(cfg: StudyConfig, device: torch.device, log: Callable[[str], None], progress: bool, stop: DeferredStop) -> Path:
-    out_dir, g, o = cfg.out_dir, cfg.grid, cfg.optim
+    out_dir, g = cfg.out_dir, cfg.grid
     tasks = build_tasks(cfg, device)
     if out_dir.exists():
         shutil.rmtree(out_dir)  # --overwrite, checked in check_out_dir
     out_dir.mkdir(parents=True)
     with atomic_write(out_dir / CONFIG_NAME) as f:
         yaml.safe_dump(study_config_to_dict(cfg), f, sort_keys=False)
-
     names = tasks[0].class_names
     run_cols, step_cols = runs_columns(g.losses, names), steps_columns(g.losses, names)
+    write_csv(out_dir / "runs.csv", run_cols, [])  # headers first: an interrupt before the first run still leaves both files
     with atomic_write(out_dir / "steps.csv", "w") as f:
         f.write(csv_text(step_cols, []))
+
     plan = [(t, bn, opt, loss) for t in tasks for bn in g.batch_norm for opt in g.optimizers for loss in g.losses]
     runs: list[dict[str, Any]] = []
     steps_by_run: dict[int, list[dict[str, Any]]] = {}
     log(
-        f"study {out_dir}: {len(plan)} runs ({len(cfg.study.seeds)} seeds) x {o.steps} steps on {device} "
+        f"study {out_dir}: {len(plan)} runs ({len(cfg.study.seeds)} seeds) x {cfg.optim.steps} steps on {device} "
         f"({cfg.data.source}, {cfg.study.losses} losses, {cfg.model.arch}, {cfg.data.image_size}px, batch {cfg.data.batch_size})"
     )
     start = time.perf_counter()
     bar = tqdm(plan, desc="study", unit="run", disable=not progress, dynamic_ncols=True)
     for run_id, (task, bn, opt, loss) in enumerate(bar):
-        t0 = time.perf_counter()
-        torch.manual_seed(task.seed)  # identical initial weights for a given seed, architecture and BN setting
-        model = build_study_model(cfg.model, task.in_channels, len(names), bn).to(device)
-        optimizer = study_optimizer(opt, o, model.parameters())
-        losses = build_losses(cfg.study.losses, g.losses, names, task.pixel_counts, device)
-        steps, ended = train_run(model, optimizer, task, loss, losses, o.steps, cfg.study.log_every, lambda: stop.requested)
-        if ended == "stopped":
-            break  # the unfinished run is dropped
-        result = score_run(model, task, losses) if ended == "done" else None
-        settings = optimizer.param_groups[0]
-        run = dict(
-            run_id=run_id,
-            seed=task.seed,
-            source=cfg.data.source,
-            task=task.label,
-            fg_ratio=task.fg_ratio,
-            loss=loss,
-            batch_norm=bn,
-            optimizer=opt,
-            lr=settings["lr"],
-            momentum=settings.get("momentum", 0.0),
-            steps=o.steps,
-        )
-        row = run_row(run, task, steps, ended, result, cfg)
-        row["seconds"] = time.perf_counter() - t0
+        done = one_run(cfg, task, bn, opt, loss, run_id, device, lambda: stop.requested)
+        if done is None:
+            break  # Ctrl-C / SIGTERM: the unfinished run is dropped
+        row, steps = done
         runs.append(row)
         steps_by_run[run_id] = steps
         with open(out_dir / "steps.csv", "a") as f:  # appended in one write per run: an interrupt leaves whole runs
-            f.write(csv_text(step_cols, [dict(s, run_id=run_id) for s in steps], header=False))
+            f.write(csv_text(step_cols, steps, header=False))
         write_csv(out_dir / "runs.csv", run_cols, runs)
         bar.set_postfix_str(
             f"seed {task.seed} {task.label} {loss} {combo_label(bn, opt)}: {row['outcome']}, "
@@ -257,19 +301,8 @@ def _run_grid(cfg: StudyConfig, device: torch.device, log: Callable[[str], None]
         )
     bar.close()
 
-    summary = summarise(runs)
-    write_csv(out_dir / "summary.csv", summary_columns(), summary)
-    table = summary_markdown(summary)
-    with atomic_write(out_dir / "summary.md", "w") as f:
-        f.write(f"# {cfg.study.name}: {len(runs)} of {len(plan)} runs, seeds {cfg.study.seeds}\n\n{table}")
-    write_plots(out_dir, cfg, runs, steps_by_run, summary, [t.label for t in tasks[: len(tasks) // len(cfg.study.seeds)]])
-    log(table)
-    totals = {k: sum(bool(r[k]) for r in runs) for k in ("converged_accuracy", "converged_iou", "collapsed", "diverged")}
-    log(
-        f"{len(runs)} runs: {totals['converged_accuracy']} converged by the accuracy rule, {totals['converged_iou']} by the IoU rule "
-        f"(every class >= {cfg.study.converged_min_iou:g}), {totals['collapsed']} collapsed, {totals['diverged']} diverged; "
-        f"{time.perf_counter() - start:.0f}s; results in {out_dir}"
-    )
+    totals = write_results(cfg, runs, steps_by_run, len(plan), [t.label for t in tasks[: len(tasks) // len(cfg.study.seeds)]], log)
+    log(f"{totals}; {time.perf_counter() - start:.0f}s; results in {out_dir}")
     if stop.requested:
         raise Interrupted(
             stop.signum,

@@ -282,26 +282,29 @@ def test_an_output_path_that_is_a_file_is_one_line_exit_2(tmp_path, capsys, wher
     assert blocker.read_text() == "not a folder" and sorted(p.name for p in tmp_path.iterdir()) == ["blocker"]
 
 
-@pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
-def test_an_interrupted_study_writes_runs_summary_and_plots(tmp_path, capsys, signum, code):
-    # Four runs of 600 steps; the signal arrives once the first run is in runs.csv.
+@pytest.mark.parametrize(
+    "signum, code, after", [(signal.SIGINT, 130, "runs"), (signal.SIGTERM, 143, "runs"), (signal.SIGINT, 130, "start")]
+)
+def test_an_interrupted_study_writes_runs_summary_and_plots(tmp_path, capsys, signum, code, after):
+    # Four runs of 600 steps; the signal arrives once the first run is in runs.csv, or as soon as the folder is set up.
     sets = mini(tmp_path, "stop", **{"optim.steps": 600, "study.log_every": 100, "grid.optimizers": "[adam, sgd]"})
     out = tmp_path / "stop"
+    wait_for = out / ("runs.csv" if after == "runs" else "steps.csv")
 
-    def signal_after_first_run() -> None:
+    def send_signal() -> None:
         deadline = time.monotonic() + 120
-        while not (out / "runs.csv").is_file() and time.monotonic() < deadline:
+        while time.monotonic() < deadline and not (wait_for.is_file() and (after == "start" or read_csv(wait_for)[1])):
             time.sleep(0.02)
         os.kill(os.getpid(), signum)
 
-    thread = threading.Thread(target=signal_after_first_run, daemon=True)
+    thread = threading.Thread(target=send_signal, daemon=True)
     thread.start()
     assert main(["study", "--config", str(REPO / "configs" / "study.yaml"), *set_args(sets)]) == code
     thread.join()
     err = capsys.readouterr().err
     assert f"{signal.Signals(signum).name} received after" in err and "of 4 runs" in err
     _, runs = read_csv(out / "runs.csv")
-    assert 1 <= len(runs) < 4  # the finished runs; the unfinished one is dropped
+    assert (1 <= len(runs) < 4) if after == "runs" else len(runs) == 0  # the finished runs; the unfinished one is dropped
     _, steps = read_csv(out / "steps.csv")
     assert {s["run_id"] for s in steps} == {r["run_id"] for r in runs}
     _, summary = read_csv(out / "summary.csv")
