@@ -129,13 +129,20 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
     existing[name] = value
 
 
-def config_from_dict(raw: dict[str, Any]) -> Config:
-    sections = {f.name: f.default_factory for f in dataclasses.fields(Config)}  # type: ignore[misc]
+def schema_sections(raw: dict[str, Any], schema: type, what: str = "config") -> dict[str, type]:
+    """The section dataclasses of `schema` (Config, or the study's), after checking `raw` has no unknown
+    section and every section is a mapping."""
+    sections = {f.name: f.default_factory for f in dataclasses.fields(schema)}  # type: ignore[misc]
     for section, values in raw.items():
         if section not in sections:
-            raise ConfigError(f"unknown config section {section!r}{suggest(section, sections)}")
+            raise ConfigError(f"unknown {what} section {section!r}{suggest(section, sections)}")
         if values is not None and not isinstance(values, dict):
             raise ConfigError(f"{section}: must be a mapping of keys, got {type(values).__name__}")
+    return sections
+
+
+def config_from_dict(raw: dict[str, Any]) -> Config:
+    sections = schema_sections(raw, Config)
     built = {}
     for name, cls in sections.items():
         values = raw.get(name) or {}

@@ -11,6 +11,7 @@ from typing import Any, Optional
 import torch
 
 from seg_pet.config import apply_override, build_section, option, read_yaml, suggest
+from seg_pet.config.loading import schema_sections
 from seg_pet.labels import BACKGROUND, class_names
 from seg_pet.runtime.errors import ConfigError
 from seg_pet.study.losses import LOSS_FAMILIES
@@ -128,12 +129,7 @@ def load_study_config(path: str | Path | None, overrides: Iterable[str] = ()) ->
 
 
 def study_config_from_dict(raw: dict[str, Any]) -> StudyConfig:
-    sections = {f.name: f.default_factory for f in dataclasses.fields(StudyConfig)}  # type: ignore[misc]
-    for section, values in raw.items():
-        if section not in sections:
-            raise ConfigError(f"unknown study config section {section!r}{suggest(section, sections)}")
-        if values is not None and not isinstance(values, dict):
-            raise ConfigError(f"{section}: must be a mapping of keys, got {type(values).__name__}")
+    sections = schema_sections(raw, StudyConfig, "study config")
     built = {name: build_section(name, cls, raw.get(name) or {}) for name, cls in sections.items()}
     cfg = StudyConfig(**built)
     for key, (selector, wanted) in _ONLY_FOR.items():
