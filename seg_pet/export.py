@@ -46,7 +46,7 @@ from seg_pet.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from seg_pet.evaluation import LoadedRun, load_run
 from seg_pet.labels import PALETTE, TRIMAP_CODES
 from seg_pet.predict import load_rgb
-from seg_pet.runtime.errors import SegPetError
+from seg_pet.runtime.errors import SegPetError, first_line
 from seg_pet.runtime.fileio import atomic_path, write_json
 from seg_pet.tta import SIZE_MULTIPLE, scaled_size
 
@@ -137,7 +137,7 @@ def _export(wrapper: nn.Module, path: Path, image_size: int, opset: int) -> tupl
                 )
             return "torch.export (dynamo=True)", opset
         except Exception as exc:  # noqa: BLE001 - any exporter failure: try the TorchScript exporter
-            errors.append(f"torch.export exporter: {str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}")
+            errors.append(f"torch.export exporter: {first_line(exc)}")
         try:
             with contextlib.redirect_stdout(chatter):
                 axes = {0: "batch", 2: "height", 3: "width"}
@@ -153,7 +153,7 @@ def _export(wrapper: nn.Module, path: Path, image_size: int, opset: int) -> tupl
                 )
             return "TorchScript (dynamo=False)", min(opset, LEGACY_OPSET)
         except Exception as exc:  # noqa: BLE001
-            errors.append(f"TorchScript exporter: {str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}")
+            errors.append(f"TorchScript exporter: {first_line(exc)}")
     raise ExportError("ONNX export failed: " + "; ".join(errors))
 
 

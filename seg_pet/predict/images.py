@@ -26,18 +26,13 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from seg_pet.runtime.errors import SegPetError
+from seg_pet.runtime.errors import SegPetError, first_line
 
 ImageLike = Union[str, os.PathLike, Image.Image, np.ndarray, torch.Tensor]
 
 
 class ImageReadError(SegPetError):
     """One input image cannot be read (missing, corrupt, truncated, not an image)."""
-
-
-def first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _gray_to_rgb(gray: np.ndarray) -> np.ndarray:

@@ -23,9 +23,9 @@ from torchvision import tv_tensors
 from seg_pet.config import Config
 from seg_pet.data.transforms import eval_transforms
 from seg_pet.evaluation import load_run
-from seg_pet.predict.images import ImageLike, as_rgb, first_line
+from seg_pet.predict.images import ImageLike, as_rgb
 from seg_pet.runtime.device import Runtime
-from seg_pet.runtime.errors import ConfigError
+from seg_pet.runtime.errors import ConfigError, first_line
 from seg_pet.tta import TTA_MODES, tta_logits
 
 

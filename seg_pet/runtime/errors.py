@@ -38,3 +38,9 @@ def is_input_error(exc: BaseException) -> bool:
 
 class TrainingDiverged(Exception):
     """The loss became NaN or Inf; training stopped (exit code 1, not a user-input error)."""
+
+
+def first_line(exc: BaseException) -> str:
+    """An exception's message cut to its first line (its type name when it has none), for one-line errors."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

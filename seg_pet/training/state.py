@@ -25,18 +25,13 @@ from seg_pet.losses import build_loss, compute_class_weights, needs_class_weight
 from seg_pet.models import build_model
 from seg_pet.runtime.device import Runtime
 from seg_pet.runtime.distributed import gathered, is_distributed, rank, world_size
-from seg_pet.runtime.errors import CheckpointError, DataError, SegPetError
+from seg_pet.runtime.errors import CheckpointError, DataError, SegPetError, first_line
 from seg_pet.runtime.fileio import atomic_write, remove_partial_files
 from seg_pet.runtime.seeding import rng_state, set_rng_state
 from seg_pet.training.optim import build_optimizer, build_scheduler
 from seg_pet.training.parallel import data_parallel, global_batch_norm
 from seg_pet.training.records import check_history
 from seg_pet.training.rundir import repair_best_checkpoint
-
-
-def first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 @dataclass
