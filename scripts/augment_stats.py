@@ -51,13 +51,16 @@ def main(argv: Optional[list[str]] = None) -> int:
     labels = [train.lut.to(torch.uint8)[trimap.long()] for _, trimap in train.cache]
     grey_level = 255 * sum(IMAGENET_STD) / 3  # one grey level in normalised units, roughly
     for jitter in (False, True):
-        steps = train_transforms(args.image_size).transforms
+        steps = train_transforms(args.image_size, cfg.data.crop_scale, cfg.data.rotation).transforms
         per_image = v2.Compose([t for t in steps if jitter or not isinstance(t, v2.ColorJitter)])
         torch.manual_seed(args.seed)
         pairs = [per_image(tv_tensors.Image(i), tv_tensors.Mask(m)) for _ in range(args.repeats) for i, m in zip(images, labels)]
         a = summary(torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs]).long(), len(names))
         torch.manual_seed(args.seed)
-        batches = [BatchAugment(args.image_size, jitter=jitter)(images, labels) for _ in range(args.repeats)]
+        batches = [
+            BatchAugment(args.image_size, cfg.data.crop_scale, cfg.data.rotation, jitter=jitter)(images, labels)
+            for _ in range(args.repeats)
+        ]
         b = summary(torch.cat([x for x, _ in batches]), torch.cat([y for _, y in batches]), len(names))
         print(
             f"jitter {'on ' if jitter else 'off'}  per-image: mean {a['mean']:+.4f} std {a['std']:.4f} classes "

@@ -29,6 +29,7 @@ p.add_argument("--batch-size", type=int, default=8)
 p.add_argument("--lr", type=float, default=2e-3)
 p.add_argument("--encoder", default="resnet18")
 p.add_argument("--seed", type=int, default=0)
+p.add_argument("--max-steps", type=int, default=None, help="cap on steps per epoch (tests)")
 args = p.parse_args()
 torch.manual_seed(args.seed)
 s, norm = args.image_size, v2.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
@@ -56,11 +57,13 @@ def pet(split, tf):
 train = torch.utils.data.DataLoader(pet("trainval", train_tf), args.batch_size, shuffle=True, drop_last=True, num_workers=1)
 model = smp.Unet(args.encoder, encoder_weights=None, classes=3)
 optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr)
-scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=args.epochs * len(train))
+scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=args.epochs * min(len(train), args.max_steps or len(train)))
 started = time.perf_counter()
 for epoch in range(args.epochs):
     model.train()
-    for images, masks in train:
+    for step, (images, masks) in enumerate(train):
+        if step == args.max_steps:
+            break
         loss = torch.nn.functional.cross_entropy(model(images), masks)
         optimizer.zero_grad()
         loss.backward()

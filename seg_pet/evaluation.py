@@ -173,6 +173,10 @@ def evaluate_run(
     if out is not None:
         check_output(out, "--out", "file")  # before the work: never write over the run's own files
     cfg, model, names, state, path = load_run(run_dir, checkpoint, overrides)
+    if split == "val" and cfg.data.val_fraction == 0:
+        raise SegPetError(
+            f"--run {run_dir}: trained on all of trainval (data.val_fraction: 0), so it has no validation split; use --split test"
+        )
     looks = earlier_looks(run_dir, cfg, load_config(run_dir / "config.yaml")) if split == "test" else []
     if looks and not force:
         raise SegPetError(

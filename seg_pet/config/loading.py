@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import re
 import types
 import typing
@@ -272,6 +273,13 @@ def validate(cfg: Config) -> None:
     device = cfg.train.device
     if not (device in ("auto", "cpu", "cuda") or (device.startswith("cuda:") and device[5:].isdigit())):
         fail("train.device", f"must be auto, cpu, cuda or cuda:N; got {device!r}")
+    low, high = (cfg.data.crop_scale + [math.nan, math.nan])[:2]
+    if len(cfg.data.crop_scale) != 2 or not low <= high:
+        fail("data.crop_scale", f"must be [min, max] with 0 < min <= max <= 1, got {cfg.data.crop_scale}")
+    if cfg.data.val_fraction == 0 and cfg.train.select != "last":
+        fail("train.select", "data.val_fraction: 0 leaves no validation split to select on; use train.select: last")
+    if cfg.optim.warmup_epochs >= cfg.optim.epochs:
+        fail("optim.warmup_epochs", f"must be less than optim.epochs ({cfg.optim.epochs}), got {cfg.optim.warmup_epochs:g}")
     validate_loss(cfg.loss, class_names(cfg.data.border))
 
 

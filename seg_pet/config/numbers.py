@@ -3,7 +3,7 @@
     check_number(key, value, meta)   a config key's value: finite, within the schema's bounds (each
                                      element of a list too); `meta` is the key's `option(...)` metadata
     check_split_sizes(cfg, n_train, n_val)
-                                     data.val_fraction leaves training and validation images
+                                     data.val_fraction leaves training images, and validation images unless it is 0
     plan_batches(cfg, n_train)       the quantities training derives from data.batch_size,
                                      data.image_size, optim.epochs and
                                      train.max_steps_per_epoch: images per step, steps per epoch,
@@ -70,7 +70,7 @@ def check_split_sizes(cfg: Any, n_train: int, n_val: int) -> None:
         raise ConfigError(
             f"data.val_fraction: {fraction:g} leaves no training images ({n_val} validation, 0 training); lower it, or add images"
         )
-    if n_val < 1:
+    if n_val < 1 and fraction > 0:
         raise ConfigError(f"data.val_fraction: {fraction:g} leaves no validation images ({n_train} training); raise it, or add images")
 
 

@@ -55,7 +55,9 @@ def _rows(prefix: str, cls: type) -> list[str]:
             continue
         meta = f.metadata
         allowed = ", ".join(f"`{c}`" for c in meta.get("choices") or ()) or describe_range(meta)
-        rows.append(f"| `{prefix}.{f.name}` | {_type_name(hints[f.name])} | {_default(f.default)} | {allowed} | {meta.get('help', '')} |")
+        rows.append(
+            f"| `{prefix}.{f.name}` | {_type_name(hints[f.name])} | {_default(meta.get('default', f.default))} | {allowed} | {meta.get('help', '')} |"
+        )
     return rows
 
 

@@ -24,7 +24,10 @@ def option(
     le: Optional[float] = None,
 ) -> Any:
     """A config key: its default and what the loader checks. Every number must also be finite."""
-    return field(default=default, metadata={"help": help, "choices": choices, "ge": ge, "gt": gt, "lt": lt, "le": le})
+    metadata = {"help": help, "choices": choices, "ge": ge, "gt": gt, "lt": lt, "le": le, "default": default}
+    if isinstance(default, list):  # a fresh list per config
+        return field(default_factory=lambda: list(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
 
 
 ARCHITECTURES = (
@@ -64,7 +67,13 @@ class DataConfig:
     image_size: int = option(
         256, "training and evaluation size in pixels; a multiple of 32 (the U-Net downsamples 5 times)", ge=32, le=2048
     )
-    val_fraction: float = option(0.1, "share of trainval held out for validation, stratified by breed", gt=0.0, lt=1.0)
+    val_fraction: float = option(
+        0.1,
+        "share of trainval held out for validation, stratified by breed; `0`: train on all of trainval with no "
+        "validation (needs `train.select: last`; docs/recipe.md)",
+        ge=0.0,
+        lt=1.0,
+    )
     border: str = option(
         "class",
         "the trimap's border ring: `class` (3 classes), `ignore` (left out of loss and metrics), `pet` (merged into pet)",
@@ -88,6 +97,15 @@ class DataConfig:
         True,
         "random crop, flip and colour jitter of training images; `false`: they are resized like "
         "validation images (ablations, and exact 1-process vs N-process comparisons)",
+    )
+    crop_scale: list[float] = option(
+        [0.35, 1.0], "training crops: [min, max] share of the image's area each random crop covers", gt=0.0, le=1.0
+    )
+    rotation: float = option(
+        0.0,
+        "training images are rotated by a random angle up to this many degrees either way (corners left out of the loss)",
+        ge=0.0,
+        le=180.0,
     )
 
 
@@ -201,6 +219,12 @@ class OptimConfig:
         "cosine", "per-iteration schedule: `cosine` to 0, `poly` (power 0.9), or `none`", choices=("cosine", "poly", "none")
     )
     epochs: int = option(30, "training epochs", ge=1, le=100_000)
+    warmup_epochs: float = option(
+        0.0,
+        "the learning rate rises linearly from 0 over this many epochs, then follows optim.scheduler over the rest",
+        ge=0.0,
+        le=100_000.0,
+    )
     grad_clip: Optional[float] = option(None, "clip the global gradient norm to this value; null = no clipping", gt=0.0)
 
 
@@ -211,6 +235,19 @@ class TrainConfig:
     overlays: int = option(4, "validation images drawn every epoch", ge=0, le=1000)
     deterministic: bool = option(False, "`torch.use_deterministic_algorithms` (slower on GPU)")
     compile: bool = option(False, "`torch.compile` the model")
+    ema: Optional[float] = option(
+        None,
+        "decay of an exponential moving average of the weights, updated every step (e.g. 0.99); validation, "
+        "checkpoints and the test use the averaged weights; null = off",
+        gt=0.0,
+        lt=1.0,
+    )
+    select: str = option(
+        "best_val",
+        "which epoch becomes best.pt, the checkpoint the test scores: `best_val` (highest validation mIoU) or `last` "
+        "(a fixed schedule: the final epoch)",
+        choices=("best_val", "last"),
+    )
     max_steps_per_epoch: Optional[int] = option(None, "cap on training steps per epoch (quick experiments, tests)", ge=1)
     sync_bn: bool = option(
         False,

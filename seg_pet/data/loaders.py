@@ -166,7 +166,7 @@ def epoch_train_loader(
     seed = epoch_seed(cfg.run.seed, epoch)
     torch.manual_seed(process_seed(seed, rank()))
     if on_device is not None:
-        augment = BatchAugment(cfg.data.image_size) if cfg.data.augment else None
+        augment = BatchAugment(cfg.data.image_size, cfg.data.crop_scale, cfg.data.rotation) if cfg.data.augment else None
         return DeviceBatches(on_device["train"], batch_size, shuffle=True, drop_last=True, augment=augment, seed=seed, shard=this_shard())
     return make_loader(
         dataset, batch_size, shuffle=True, num_workers=workers, seed=seed, pin_memory=runtime.pin_memory, drop_last=True, shard=this_shard()

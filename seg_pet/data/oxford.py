@@ -220,7 +220,8 @@ def stratified_split(labels: list[int], val_fraction: float, seed: int) -> tuple
     """Indices (train, val), stratified by label, deterministic for a seed.
 
     Written by hand: torch has random_split but no stratified split, and scikit-learn is not a dependency.
-    Each breed contributes round(val_fraction * n) images (at least one when it has two or more).
+    Each breed contributes round(val_fraction * n) images (at least one when it has two or more, none
+    when val_fraction is 0).
     """
     by_label: dict[int, list[int]] = defaultdict(list)
     for index, label in enumerate(labels):
@@ -231,7 +232,7 @@ def stratified_split(labels: list[int], val_fraction: float, seed: int) -> tuple
         members = sorted(by_label[label])
         rng.shuffle(members)
         n_val = round(val_fraction * len(members))
-        if len(members) >= 2:
+        if len(members) >= 2 and val_fraction > 0:
             n_val = min(max(n_val, 1), len(members) - 1)
         val.extend(members[:n_val])
         train.extend(members[n_val:])
@@ -248,7 +249,9 @@ def train_val_datasets(trainval: SplitFiles, cfg: Config, check_files: bool = Tr
     check_split_sizes(cfg, len(train_idx), len(val_idx))
     size, border = cfg.data.image_size, cfg.data.border
     if cfg.data.augment:
-        train = PetSegmentation(trainval, train_idx, border, train_transforms(size), prepare=train_cache_resize(size))
+        train = PetSegmentation(
+            trainval, train_idx, border, train_transforms(size, cfg.data.crop_scale, cfg.data.rotation), prepare=train_cache_resize(size)
+        )
     else:  # data.augment: false: resized like validation images, nothing random
         train = PetSegmentation(trainval, train_idx, border, eval_transforms(size), prepare=eval_cache_resize(size))
     return {"train": train, "val": eval_dataset(trainval, val_idx, cfg)}

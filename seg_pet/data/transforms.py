@@ -23,6 +23,8 @@ from torchvision.transforms import (
 )
 from torchvision.transforms.v2 import functional as F
 
+from seg_pet.labels import IGNORE_INDEX
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -37,16 +39,21 @@ def _to_float_normalised() -> list[v2.Transform]:
 
 # The training augmentation, shared by the per-image pipeline (train_transforms, in DataLoader
 # workers) and the batched one (BatchAugment, on the device) so the two cannot drift apart.
-CROP_SCALE = (0.35, 1.0)
 CROP_RATIO = (3 / 4, 4 / 3)  # RandomResizedCrop's default
 JITTER = {"brightness": 0.2, "contrast": 0.2, "saturation": 0.2, "hue": 0.02}
 
 
-def train_transforms(size: int) -> v2.Compose:
-    """Random resized crop + horizontal flip + light colour jitter, then ImageNet normalisation."""
+def train_transforms(size: int, crop_scale: tuple[float, float], rotation: float = 0.0) -> v2.Compose:
+    """Random resized crop (`crop_scale`: share of the area) + a random rotation up to `rotation` degrees
+    + horizontal flip + light colour jitter, then ImageNet normalisation.
+
+    The rotation fills the corners it uncovers with 0: black in the image, and in the trimap a value
+    outside 1..3, which the label lookup maps to IGNORE_INDEX (seg_pet.labels): no loss there."""
+    rotate = [v2.RandomRotation(rotation, interpolation=v2.InterpolationMode.BILINEAR, fill=0)] if rotation else []
     return v2.Compose(
         [
-            v2.RandomResizedCrop((size, size), scale=CROP_SCALE, ratio=CROP_RATIO, antialias=True),
+            v2.RandomResizedCrop((size, size), scale=tuple(crop_scale), ratio=CROP_RATIO, antialias=True),
+            *rotate,
             v2.RandomHorizontalFlip(),
             v2.ColorJitter(**JITTER),
             *_to_float_normalised(),
@@ -195,21 +202,29 @@ class BatchAugment:
     batch they would give every image the same crop, flip and jitter.
     """
 
-    def __init__(self, size: int, *, flip: bool = True, jitter: bool = True):
-        self.size, self.flip, self.jitter = size, flip, jitter
+    def __init__(self, size: int, crop_scale: tuple[float, float], rotation: float = 0.0, *, flip: bool = True, jitter: bool = True):
+        self.size, self.crop_scale, self.rotation, self.flip, self.jitter = size, list(crop_scale), rotation, flip, jitter
 
     def __repr__(self) -> str:
-        return f"BatchAugment(size={self.size}, flip={self.flip}, jitter={self.jitter})"
+        return (
+            f"BatchAugment(size={self.size}, crop_scale={self.crop_scale}, rotation={self.rotation}, "
+            f"flip={self.flip}, jitter={self.jitter})"
+        )
 
     def crop(self, images: list[torch.Tensor], labels: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Random resized crop of each image to size x size: float images in [0, 1] and uint8 labels, stacked."""
         size = [self.size, self.size]
         out_images, out_labels = [], []
         for image, label in zip(images, labels):
-            top, left, h, w = RandomResizedCrop.get_params(image, list(CROP_SCALE), list(CROP_RATIO))
-            crop = image[:, top : top + h, left : left + w].float().div_(255)
-            out_images.append(F.resize_image(crop, size, antialias=True))
-            out_labels.append(F.resize_mask(label[None, top : top + h, left : left + w], size)[0])
+            top, left, h, w = RandomResizedCrop.get_params(image, self.crop_scale, list(CROP_RATIO))
+            crop = F.resize_image(image[:, top : top + h, left : left + w].float().div_(255), size, antialias=True)
+            label = F.resize_mask(label[None, top : top + h, left : left + w], size)
+            if self.rotation:  # as v2.RandomRotation: one uniform angle per image; uncovered corners are ignored
+                angle = float(torch.empty(1).uniform_(-self.rotation, self.rotation))
+                crop = F.rotate_image(crop, angle, interpolation=F.InterpolationMode.BILINEAR, fill=0)
+                label = F.rotate_mask(label, angle, fill=IGNORE_INDEX)  # labels here are class indices already
+            out_images.append(crop)
+            out_labels.append(label[0])
         return torch.stack(out_images), torch.stack(out_labels)
 
     def colour(self, images: torch.Tensor) -> torch.Tensor:

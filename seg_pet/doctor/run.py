@@ -107,8 +107,10 @@ def _doctor(cfg: Any, device: torch.device, out: Optional[Path], log: Callable[[
 
     # The majority class comes from the training split: choosing it on val would peek.
     majority = max(range(num_classes), key=lambda i: pixel_counts[i])
-    val_loader = make_loader(val_set, batch_size, shuffle=False, num_workers=workers)
-    where = f"val ({len(val_set)} images at {cfg.data.image_size} px)"
+    # data.val_fraction: 0 trains on all of trainval: the floor is then measured on the training images.
+    floor_set, floor_name = (val_set, "val") if len(val_set) else (train_set, "train, no validation split")
+    val_loader = make_loader(floor_set, batch_size, shuffle=False, num_workers=workers)
+    where = f"{floor_name} ({len(floor_set)} images at {cfg.data.image_size} px)"
     record(
         _guarded("baseline", lambda: check_baseline(majority_baseline((t for _, t in val_loader), majority, names), names[majority], where))
     )

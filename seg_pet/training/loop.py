@@ -12,6 +12,7 @@ from typing import Optional
 
 import torch
 from torch import nn
+from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
 from seg_pet.runtime.device import Runtime
@@ -32,6 +33,7 @@ def train_one_epoch(
     max_steps: Optional[int] = None,
     desc: str = "train",
     should_stop: Callable[[], bool] = lambda: False,
+    ema: Optional[AveragedModel] = None,
 ) -> dict[str, float]:
     """Returns mean loss, gradient-norm mean and max, steps done. A NaN/Inf loss raises TrainingDiverged
     before the optimiser step, so the weights stay those of the last good step; a stop request
@@ -44,7 +46,8 @@ def train_one_epoch(
     Under torchrun (`model` wrapped in DDP) that one sync is also where the processes agree (`agreed`):
     the loss is averaged over them and a stop asked of any of them stops all of them at the same step,
     so none is left waiting in a collective. The gradient norm is read after backward, from gradients
-    DDP has already averaged: the same in every process."""
+    DDP has already averaged: the same in every process. `ema` (train.ema) is updated after every
+    optimiser step from the new weights (identical in every process under DDP)."""
     model.train()
     total_loss, steps, norms = 0.0, 0, []
     total = len(loader) if max_steps is None else min(len(loader), max_steps)
@@ -76,6 +79,8 @@ def train_one_epoch(
             optimizer.step()
         if scheduler is not None:
             scheduler.step()
+        if ema is not None:
+            ema.update_parameters(model)
         total_loss += loss_value
         norms.append(norm.detach())
         steps += 1

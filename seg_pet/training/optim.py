@@ -27,9 +27,19 @@ def build_optimizer(name: str, params: Iterable, *, lr: float, weight_decay: flo
     return OPTIMIZERS[name](params, lr, weight_decay, momentum)
 
 
-def build_scheduler(name: str, optimizer: torch.optim.Optimizer, total_steps: int) -> Optional[torch.optim.lr_scheduler.LRScheduler]:
+def build_scheduler(
+    name: str, optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int = 0
+) -> Optional[torch.optim.lr_scheduler.LRScheduler]:
+    """The per-iteration schedule; with `warmup_steps` the factor rises linearly to 1 over them (the
+    first step at 1 / warmup_steps), then the schedule spans the remaining steps."""
     schedule = SCHEDULES[name]
-    if schedule is None:
+    if schedule is None and not warmup_steps:
         return None
-    total = max(total_steps, 1)
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: schedule(step, total))
+    after = max(total_steps - warmup_steps, 1)
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        return 1.0 if schedule is None else schedule(step - warmup_steps, after)
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)

@@ -100,6 +100,11 @@ def write_history(run_dir: Path, rows: list[dict[str, Any]], names: list[str]) -
 
 
 def console_line(row: dict[str, Any], epochs: int) -> str:
+    if math.isnan(row["val_miou"]) and math.isnan(row["val_loss"]):  # data.val_fraction: 0
+        return (
+            f"epoch {row['epoch']:>3}/{epochs}  train_loss {row['train_loss']:.4f}  (no validation split)  "
+            f"lr {row['lr']:.2e}  {row['seconds']:.1f}s"
+        )
     ious = " ".join(f"{n} {v:.3f}" if v is not None and not math.isnan(v) else f"{n} n/a" for n, v in row["val_iou"].items())
     return (
         f"epoch {row['epoch']:>3}/{epochs}  train_loss {row['train_loss']:.4f}  val_loss {row['val_loss']:.4f}  "

@@ -15,6 +15,7 @@ from typing import Any, Optional
 
 import torch
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from seg_pet.checkpoint import load_checkpoint, load_model_weights
 from seg_pet.config import Config, config_to_dict, dump_config
@@ -48,6 +49,12 @@ class Setup:
     workers: int
     pixel_counts: Optional[list[int]] = None
     class_weights: Optional[list[float]] = None
+    ema: Optional[AveragedModel] = None  # train.ema: the moving average of `model`'s weights and buffers
+
+    @property
+    def weights(self) -> nn.Module:
+        """The weights that are validated, checkpointed as "model" and tested: the EMA's when train.ema is set."""
+        return self.ema.module if self.ema is not None else self.model
 
 
 @dataclass
@@ -111,19 +118,24 @@ def build_setup(
         step_model = torch.compile(step_model)
     # Evaluation needs no gradient averaging: without DDP each process scores its share with no collective.
     eval_model = (torch.compile(model) if cfg.train.compile else model) if is_distributed() else step_model
+    ema = None
+    if cfg.train.ema is not None:  # BN statistics are averaged too (use_buffers), so the average is evaluated as it is
+        ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.train.ema), use_buffers=True)
+        eval_model = ema.module
     return Setup(
         model=model,
         step_model=step_model,
         eval_model=eval_model,
         loss_fn=loss_fn,
         optimizer=optimizer,
-        scheduler=build_scheduler(o.scheduler, optimizer, plan.total_steps),
+        scheduler=build_scheduler(o.scheduler, optimizer, plan.total_steps, round(o.warmup_epochs * plan.steps_per_epoch)),
         scaler=runtime.grad_scaler(),
         batch_size=plan.batch_size,
         steps_per_epoch=plan.steps_per_epoch,
         workers=resolve_num_workers(cfg.data.num_workers),
         pixel_counts=pixel_counts,
         class_weights=weights,
+        ema=ema,
     )
 
 
@@ -136,8 +148,11 @@ def checkpoint_state(setup: Setup, progress: Progress, cfg: Config, names: list[
     """
     rows = progress.rows
     rngs = gathered(rng_state())
+    ema = setup.ema
     return {
-        "model": setup.model.state_dict(),
+        "model": setup.weights.state_dict(),
+        # train.ema: "model" holds the averaged weights (what evaluate and predict load), these the trained ones
+        **({"train_weights": setup.model.state_dict(), "ema_updates": int(ema.n_averaged)} if ema is not None else {}),
         "optimizer": setup.optimizer.state_dict(),
         "scheduler": setup.scheduler.state_dict() if setup.scheduler is not None else None,
         "scaler": setup.scaler.state_dict() if setup.scaler is not None else None,
@@ -160,7 +175,15 @@ def checkpoint_state(setup: Setup, progress: Progress, cfg: Config, names: list[
 def restore(setup: Setup, state: dict[str, Any], cfg: Config, names: list[str], run_dir: Path, log: Callable[[str], None]) -> Progress:
     """The inverse of checkpoint_state, in every process: weights, optimiser, schedule, this process's RNG, history."""
     last = run_dir / "checkpoints" / "last.pt"
-    load_model_weights(setup.model, state, last, names, config_to_dict(cfg)["model"])
+    model_cfg = config_to_dict(cfg)["model"]
+    if setup.ema is not None and "train_weights" in state:
+        load_model_weights(setup.model, {**state, "model": state["train_weights"]}, last, names, model_cfg)
+        load_model_weights(setup.ema.module, state, last, names, model_cfg)
+        setup.ema.n_averaged.fill_(int(state.get("ema_updates", 0)))
+    else:  # no EMA, or train.ema set on resume of a run without one: the average starts from these weights
+        load_model_weights(setup.model, state, last, names, model_cfg)
+        if setup.ema is not None:
+            setup.ema.module.load_state_dict(setup.model.state_dict())
     try:
         setup.optimizer.load_state_dict(state["optimizer"])
         if setup.scheduler is not None and state.get("scheduler"):

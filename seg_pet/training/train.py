@@ -2,7 +2,11 @@
 
     check the run folder -> runtime and seeds -> (resume state) -> datasets -> model, loss, optimiser
     -> create the run folder atomically -> epochs: train, validate, monitor, write, checkpoint
-    -> the best checkpoint on the test split, once
+    -> the selected checkpoint (best.pt) on the test split, once
+
+`train.select` picks the epoch that becomes best.pt (`SELECT`): the highest validation mIoU, or the
+last epoch (a fixed schedule, the one choice when `data.val_fraction: 0` leaves no validation split).
+With `train.ema` the averaged weights are what is validated, saved as "model" and tested.
 
 Everything that can fail on bad input (config, data files, weights, device) is checked before the
 run folder is created, so a refused run leaves nothing behind. Files are written only where
@@ -58,6 +62,12 @@ from seg_pet.training.rundir import NewRunFolder, check_run_dir, create_run_dir,
 from seg_pet.training.state import Progress, Setup, build_setup, checkpoint_state, load_resume_state, restore, tidy_resumed_run
 from seg_pet.viz import save_overlay, save_panel
 
+# train.select -> whether this epoch (its validation mIoU, the best so far) becomes best.pt
+SELECT: dict[str, Callable[[float, float], bool]] = {
+    "best_val": lambda miou, best: not math.isnan(miou) and miou > best,
+    "last": lambda miou, best: True,
+}
+
 
 def train(
     cfg: Config,
@@ -112,7 +122,9 @@ def train(
                 with main_first(cfg.data.cache == "disk"):  # under torchrun rank 0 writes the disk cache, the others read it
                     cache_datasets(cfg, datasets, run_dir, setup.workers, log)
             on_device = move_caches_to_device(datasets, runtime.device, log) if cfg.data.cache == "device" else None
-            val_loader = val_loader_for(datasets["val"], on_device, setup.batch_size, setup.workers, runtime)
+            val_loader = (
+                val_loader_for(datasets["val"], on_device, setup.batch_size, setup.workers, runtime) if len(datasets["val"]) else None
+            )
             overlay_idx = overlay_indices(len(datasets["val"]), cfg.train.overlays)
             for epoch in range(progress.start_epoch, cfg.optim.epochs + 1):
                 started = time.perf_counter()
@@ -124,11 +136,8 @@ def train(
                         signum, f"during epoch {epoch} (its unfinished steps are discarded); {saved_note(run_dir, epoch - 1)}"
                     )
                 # Batch-norm statistics moved with each process's own images: evaluate with rank 0's, the ones saved.
-                broadcast_from_main(setup.model.buffers())
-                matrix, val_loss = evaluate_batches(setup.eval_model, val_loader, len(names), runtime, loss_fn=setup.loss_fn, desc="val")
-                if not math.isfinite(val_loss):  # NaN weights: nothing of this epoch is saved, best.pt and last.pt stay
-                    raise TrainingDiverged(f"validation loss is {val_loss} after epoch {epoch}")
-                metrics = compute_metrics(matrix.mat, names)
+                broadcast_from_main(setup.weights.buffers())
+                metrics, val_loss = validate(setup, val_loader, runtime, names, epoch)
                 record = EpochRecord(
                     epoch,
                     stats["loss"],
@@ -144,18 +153,18 @@ def train(
                 )
                 record.warnings = epoch_warnings(record.row(), progress.rows, metrics, names)
                 progress.rows.append(record.row())
-                improved = not math.isnan(record.val_miou) and record.val_miou > progress.best_miou
+                improved = SELECT[cfg.train.select](record.val_miou, progress.best_miou)
                 if improved:
                     progress.best_miou, progress.best_epoch = record.val_miou, epoch
                 state = checkpoint_state(setup, progress, cfg, names, epoch)  # in every process: it gathers their RNG states
                 if master_process:
                     if cfg.train.overlays:
                         save_epoch_overlays(
-                            setup.model, datasets["val"], overlay_idx, run_dir / "overlays" / f"epoch_{epoch:03d}", runtime, names
+                            setup.weights, datasets["val"], overlay_idx, run_dir / "overlays" / f"epoch_{epoch:03d}", runtime, names
                         )
                     write_epoch_outputs(run_dir, progress.rows, names)
                     save_epoch_checkpoints(run_dir, state, improved)
-                    log(console_line(record.row(), cfg.optim.epochs) + ("  *best*" if improved else ""))
+                    log(console_line(record.row(), cfg.optim.epochs) + ("  *best*" if improved and cfg.train.select == "best_val" else ""))
                     for warning in record.warnings:
                         log(f"  WARNING: {warning}")
                 if signum := agreed_signal(stop.signum):  # arrived during validation or saving: this epoch is complete
@@ -211,6 +220,16 @@ def write_initial_files(folder: Path, cfg: Config, setup: Setup, state: dict[str
     save_checkpoint(folder / "checkpoints" / "last.pt", state)  # resumable from the start
 
 
+def validate(setup: Setup, val_loader, runtime: Runtime, names: list[str], epoch: int) -> tuple[dict[str, Any], float]:
+    """Validation metrics and loss of this epoch's weights; all NaN when there is no validation split."""
+    if val_loader is None:  # data.val_fraction: 0
+        return compute_metrics(torch.zeros(len(names), len(names), dtype=torch.int64), names), math.nan
+    matrix, val_loss = evaluate_batches(setup.eval_model, val_loader, len(names), runtime, loss_fn=setup.loss_fn, desc="val")
+    if not math.isfinite(val_loss):  # NaN weights: nothing of this epoch is saved, best.pt and last.pt stay
+        raise TrainingDiverged(f"validation loss is {val_loss} after epoch {epoch}")
+    return compute_metrics(matrix.mat, names), val_loss
+
+
 def train_epoch(setup: Setup, loader, runtime: Runtime, cfg: Config, epoch: int, stop: DeferredStop) -> Optional[dict[str, float]]:
     """One epoch of steps; None when a stop signal also killed a DataLoader worker mid-epoch."""
     try:
@@ -226,6 +245,7 @@ def train_epoch(setup: Setup, loader, runtime: Runtime, cfg: Config, epoch: int,
             max_steps=setup.steps_per_epoch,
             desc=f"epoch {epoch}/{cfg.optim.epochs}",
             should_stop=lambda: stop.requested,
+            ema=setup.ema,
         )
     except RuntimeError:
         if not stop.requested:

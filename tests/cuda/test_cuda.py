@@ -36,6 +36,7 @@ from torch import nn  # noqa: E402
 
 from seg_pet.checkpoint import load_checkpoint  # noqa: E402
 from seg_pet.config import LossConfig, ModelConfig, load_config  # noqa: E402
+from seg_pet.config.schema import DataConfig  # noqa: E402
 from seg_pet.data.cache import DeviceBatches, DeviceCache, attach_cache  # noqa: E402
 from seg_pet.data.loaders import epoch_train_loader, make_loader, move_caches_to_device  # noqa: E402
 from seg_pet.data.sources import build_datasets  # noqa: E402
@@ -59,6 +60,7 @@ pytestmark = [
 CUDA = torch.device("cuda")
 CPU = torch.device("cpu")
 SIZE = 64
+CROP_SCALE = tuple(DataConfig().crop_scale)
 NAMES = class_names("class")
 ATOL_AUGMENT = 1e-3
 ATOL_BATCHES = 1e-6
@@ -145,9 +147,9 @@ def _assert_close(a, b, path: str = "rows") -> None:
 def test_batch_augment_on_cuda_equals_cpu():
     images, labels = _originals(12)
     torch.manual_seed(3)
-    cpu_images, cpu_labels = BatchAugment(SIZE)(images, labels)
+    cpu_images, cpu_labels = BatchAugment(SIZE, CROP_SCALE)(images, labels)
     torch.manual_seed(3)
-    gpu_images, gpu_labels = BatchAugment(SIZE)([i.to(CUDA) for i in images], [label.to(CUDA) for label in labels])
+    gpu_images, gpu_labels = BatchAugment(SIZE, CROP_SCALE)([i.to(CUDA) for i in images], [label.to(CUDA) for label in labels])
     assert gpu_images.device.type == "cuda" and gpu_labels.device.type == "cuda"
     assert gpu_images.shape == cpu_images.shape == (12, 3, SIZE, SIZE)
     assert torch.equal(gpu_labels.cpu(), cpu_labels)

@@ -14,13 +14,15 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
 from seg_pet.config import load_config
+from seg_pet.config.schema import DataConfig
 from seg_pet.data.cache import DeviceBatches, DeviceCache, attach_cache
 from seg_pet.data.loaders import make_loader
 from seg_pet.data.sources import build_datasets
 from seg_pet.data.synthetic import make_synthetic_dataset
-from seg_pet.data.transforms import CROP_RATIO, CROP_SCALE, IMAGENET_MEAN, IMAGENET_STD, BatchAugment, jitter_batch, shift_hue
+from seg_pet.data.transforms import CROP_RATIO, IMAGENET_MEAN, IMAGENET_STD, BatchAugment, jitter_batch, shift_hue
 
 SIZE = 32
+CROP_SCALE = tuple(DataConfig().crop_scale)
 CPU = torch.device("cpu")
 
 
@@ -67,7 +69,7 @@ def test_colour_parameters_differ_per_image():
     """v2.ColorJitter applied to a batch gives every image the same factors; BatchAugment must not."""
     torch.manual_seed(0)
     images = torch.rand(1, 3, 16, 16).expand(8, 3, 16, 16).clone()
-    out = BatchAugment(SIZE).colour(images)
+    out = BatchAugment(SIZE, CROP_SCALE).colour(images)
     assert len({tuple(image.flatten()[:5].tolist()) for image in out}) == 8
     shared = v2.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2, hue=0.02)(images)
     assert len({tuple(image.flatten()[:5].tolist()) for image in shared}) == 1  # the reason BatchAugment exists
@@ -80,7 +82,7 @@ def test_crops_are_torchvision_random_resized_crops():
     """Same seed: the same crop boxes as v2.RandomResizedCrop image by image; labels exactly, images to rounding."""
     images, labels = _originals(6)
     torch.manual_seed(5)
-    batch, targets = BatchAugment(SIZE, flip=False, jitter=False)(images, labels)
+    batch, targets = BatchAugment(SIZE, CROP_SCALE, flip=False, jitter=False)(images, labels)
     assert batch.shape == (6, 3, SIZE, SIZE) and batch.dtype == torch.float32
     assert targets.shape == (6, SIZE, SIZE) and targets.dtype == torch.int64
     reference = v2.Compose(
@@ -101,9 +103,9 @@ def test_crops_are_torchvision_random_resized_crops():
 def test_flip_is_drawn_per_image_and_applied_to_image_and_labels_together():
     images, labels = _originals(64, seed=1)
     torch.manual_seed(3)
-    plain_images, plain_labels = BatchAugment(SIZE, flip=False, jitter=False)(images, labels)
+    plain_images, plain_labels = BatchAugment(SIZE, CROP_SCALE, flip=False, jitter=False)(images, labels)
     torch.manual_seed(3)  # crops are drawn before flips, so the boxes are the same
-    images_out, labels_out = BatchAugment(SIZE, flip=True, jitter=False)(images, labels)
+    images_out, labels_out = BatchAugment(SIZE, CROP_SCALE, flip=True, jitter=False)(images, labels)
     flipped = 0
     for i in range(64):
         if torch.equal(labels_out[i], plain_labels[i]):
@@ -126,7 +128,7 @@ def test_labels_follow_the_pixels_through_the_whole_augmentation():
         images.append(palette[label.long()].permute(2, 0, 1).contiguous())
         labels.append(label)
     torch.manual_seed(0)
-    batch, targets = BatchAugment(SIZE)(images, labels)
+    batch, targets = BatchAugment(SIZE, CROP_SCALE)(images, labels)
     rgb = _denormalise(batch)
     predicted = rgb.argmax(dim=1)  # the dominant channel is the painted label, jitter or not
     agreement = (predicted == targets).float().mean()
@@ -178,7 +180,7 @@ def test_device_training_batches_cover_each_image_once_in_seeded_order(datasets,
     assert len(set(picked)) == len(picked) == (n // 4) * 4
     assert first == epoch(7) and first != epoch(8)
     torch.manual_seed(0)
-    images, labels = next(iter(DeviceBatches(cache, 4, shuffle=True, drop_last=True, augment=BatchAugment(SIZE), seed=7)))
+    images, labels = next(iter(DeviceBatches(cache, 4, shuffle=True, drop_last=True, augment=BatchAugment(SIZE, CROP_SCALE), seed=7)))
     assert images.shape == (4, 3, SIZE, SIZE) and labels.shape == (4, SIZE, SIZE)
     assert set(labels.unique().tolist()) <= {0, 1, 2}  # trimap 1..3 remapped once, on the way in
 

@@ -60,7 +60,7 @@ def test_transforms_keep_masks_integer_and_aligned():
     torch.manual_seed(0)
     image = tv_tensors.Image(torch.randint(0, 256, (3, 90, 70), dtype=torch.uint8))
     trimap = tv_tensors.Mask(torch.randint(1, 4, (90, 70), dtype=torch.uint8))
-    for transform in (train_transforms(64), eval_transforms(64)):
+    for transform in (train_transforms(64, (0.35, 1.0)), eval_transforms(64)):
         out_image, out_mask = transform(image, trimap)
         assert out_image.dtype == torch.float32 and out_image.shape == (3, 64, 64)
         assert out_mask.dtype == torch.uint8 and out_mask.shape == (64, 64)

@@ -1,0 +1,271 @@
+"""The recipe sweep: seg_pet variants and the plain baseline (scripts/baseline.py), several seeds each.
+
+Every (variant, seed) is one finished configuration: it trains, then reads the test split once
+(seg_pet: the checkpoint its config selects; the baseline: its last weights). Nothing here chooses
+anything on the test split: `--select-on val` ranks the held-out-validation variants by their
+validation mIoU, and the test columns are reported, never used to pick.
+
+    python scripts/recipe_sweep.py --out outputs/recipe_sweep/64px --image-size 64 --epochs 20 --seeds 0 1 2 --jobs 2
+
+A run whose test_metrics.json exists is reused, so an interrupted sweep continues where it stopped
+(delete OUT/VARIANT to rerun one). Writes OUT/results.csv (one row per run), OUT/summary.md (mean ± sd
+per variant, with the difference to the baseline) and OUT/summary.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+
+# The recipe as it was before the sweep, pinned key by key, so that this row means the same thing
+# whatever the shipped configs say later. Every variant below changes one thing from it.
+BEFORE = {
+    "data.val_fraction": 0.1,
+    "data.crop_scale": [0.35, 1.0],
+    "data.rotation": 0.0,
+    "loss.name": "ce",
+    "optim.lr": 0.002,
+    "optim.weight_decay": 0.0001,
+    "optim.warmup_epochs": 0,
+    "train.ema": None,
+    "train.select": "best_val",
+    "eval.tta": "none",
+}
+
+# name -> (what it changes, overrides on top of BEFORE). "shipped" is configs/pet_slice_cpu.yaml as it is.
+VARIANTS: dict[str, tuple[str, dict]] = {
+    "before": ("seg_pet's recipe before the sweep: 10 % held out, best validation epoch", {}),
+    "last": ("10 % held out, last epoch instead of the best validation epoch", {"train.select": "last"}),
+    "all_trainval": (
+        "all of trainval, no validation, last epoch",
+        {"data.val_fraction": 0, "train.select": "last"},
+    ),
+    "ema": ("EMA of the weights (decay 0.99), best validation epoch", {"train.ema": 0.99}),
+    "warmup": ("1 epoch of linear warmup, then cosine", {"optim.warmup_epochs": 1}),
+    "wd_0.05": ("weight decay 0.05", {"optim.weight_decay": 0.05}),
+    "ce_dice": ("CE + Dice", {"loss.name": "ce_dice"}),
+    "ce_median": ("CE with median-frequency class weights", {"loss.class_weights": "median"}),
+    "crop_0.5": ("random crop scale 0.5-1 (the baseline's)", {"data.crop_scale": [0.5, 1.0]}),
+    "crop_0.2": ("random crop scale 0.2-1", {"data.crop_scale": [0.2, 1.0]}),
+    "rotate_15": ("random rotation up to 15 degrees", {"data.rotation": 15}),
+    "shipped": ("configs/pet_slice_cpu.yaml as shipped", None),
+}
+
+# Evaluation-only variants: another finished configuration of a trained variant's runs, scored on the
+# test split with other eval.* settings (`evaluate --force`, recorded in the run's test_evaluations.jsonl).
+EVAL_VARIANTS: dict[str, tuple[str, str, dict]] = {
+    "tta_hflip": ("`before`, scored with hflip test-time augmentation", "before", {"eval.tta": "hflip"}),
+    "native_res": ("`before`, scored at each image's original size", "before", {"eval.native_resolution": True}),
+    "shipped_native": ("`shipped`, scored at each image's original size", "shipped", {"eval.native_resolution": True}),
+}
+
+
+ALL = {"baseline": "scripts/baseline.py", **{k: v[0] for k, v in VARIANTS.items()}, **{k: v[0] for k, v in EVAL_VARIANTS.items()}}
+
+
+def variant_overrides(name: str) -> dict:
+    extra = VARIANTS[name][1]
+    return {} if extra is None else {**BEFORE, **extra}
+
+
+def seg_pet_command(args: argparse.Namespace, variant: str, seed: int, out: Path) -> list[str]:
+    sets = {
+        **variant_overrides(variant),
+        "run.output_dir": str(out.parent),
+        "run.name": out.name,
+        "run.seed": seed,
+        "data.root": args.data_root,
+        "data.image_size": args.image_size,
+        "optim.epochs": args.epochs,
+        "train.overlays": 0,  # drawing is not part of the comparison
+        **({"train.max_steps_per_epoch": args.max_steps} if args.max_steps else {}),
+    }
+    cmd = [sys.executable, "-m", "seg_pet", "train", "--config", str(REPO / "configs" / "pet_slice_cpu.yaml")]
+    for key, value in sets.items():
+        cmd += ["--set", f"{key}={json.dumps(value)}"]
+    return cmd
+
+
+def baseline_command(args: argparse.Namespace, seed: int, out: Path) -> list[str]:
+    cmd = [sys.executable, str(REPO / "scripts" / "baseline.py"), "--data-root", args.data_root, "--out", str(out)]
+    cmd += ["--image-size", str(args.image_size), "--epochs", str(args.epochs), "--seed", str(seed)]
+    return cmd + (["--max-steps", str(args.max_steps)] if args.max_steps else [])
+
+
+def evaluate_command(args: argparse.Namespace, variant: str, seed: int, out: Path) -> list[str]:
+    _, trained, sets = EVAL_VARIANTS[variant]
+    cmd = [sys.executable, "-m", "seg_pet", "evaluate", "--run", str(args.out / trained / f"seed{seed}"), "--split", "test"]
+    for key, value in sets.items():
+        cmd += ["--set", f"{key}={json.dumps(value)}"]
+    return cmd + ["--force", "--out", str(out / "test_metrics.json")]
+
+
+def command(args: argparse.Namespace, variant: str, seed: int, out: Path) -> list[str]:
+    if variant == "baseline":
+        return baseline_command(args, seed, out)
+    if variant in EVAL_VARIANTS:
+        return evaluate_command(args, variant, seed, out)
+    return seg_pet_command(args, variant, seed, out) + (["--overwrite"] if out.exists() else [])  # an unfinished run starts again
+
+
+def run_one(args: argparse.Namespace, variant: str, seed: int) -> dict:
+    out = args.out / variant / f"seed{seed}"
+    if not (out / "test_metrics.json").is_file():
+        cmd = command(args, variant, seed, out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "PYTHONPATH": str(REPO)}
+        started = time.perf_counter()
+        log = out.parent / f"seed{seed}.log"
+        with log.open("w") as f:
+            done = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=REPO, env=env)
+        if done.returncode != 0:
+            raise SystemExit(f"{variant} seed {seed} failed (exit {done.returncode}); see {log}")
+        (out / "wall_seconds.txt").write_text(f"{time.perf_counter() - started:.1f}\n")
+    return result_row(out, variant, seed)
+
+
+def result_row(out: Path, variant: str, seed: int) -> dict:
+    test = json.loads((out / "test_metrics.json").read_text())
+    wall = out / "wall_seconds.txt"
+    if variant in EVAL_VARIANTS:  # the training time is the trained variant's; this row adds an evaluation
+        wall = args_out(out) / EVAL_VARIANTS[variant][1] / f"seed{seed}" / "wall_seconds.txt"
+    row = {
+        "variant": variant,
+        "seed": seed,
+        "test_miou": test["miou"],
+        **{f"test_{name}": iou for name, iou in test["iou"].items()},
+        "wall_s": float(wall.read_text()) if wall.is_file() else test.get("seconds", math.nan),
+        "val_miou": math.nan,
+        "checkpoint_epoch": test.get("checkpoint_epoch", ""),
+    }
+    history = out / "metrics.csv"
+    if variant != "baseline" and history.is_file():
+        with history.open() as f:
+            vals = [float(r["val_miou"]) for r in csv.DictReader(f) if r.get("val_miou") not in (None, "", "nan")]
+        epoch = test.get("checkpoint_epoch")
+        if vals and isinstance(epoch, int) and 1 <= epoch <= len(vals):
+            row["val_miou"] = vals[epoch - 1]  # validation mIoU of the checkpoint that was tested
+    return row
+
+
+def args_out(run_out: Path) -> Path:
+    """OUT from OUT/VARIANT/seedK."""
+    return run_out.parent.parent
+
+
+def mean_sd(values: list[float]) -> tuple[float, float]:
+    values = [v for v in values if not math.isnan(v)]
+    if not values:
+        return math.nan, math.nan
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def summarise(rows: list[dict], order: list[str]) -> list[dict]:
+    base_miou = mean_sd([r["test_miou"] for r in rows if r["variant"] == "baseline"])[0]
+    summary = []
+    for variant in order:
+        mine = [r for r in rows if r["variant"] == variant]
+        if not mine:
+            continue
+        entry = {"variant": variant, "runs": len(mine)}
+        for key in ("test_miou", "test_border", "test_pet", "test_background", "val_miou", "wall_s"):
+            entry[key] = mean_sd([r[key] for r in mine])
+        entry["vs_baseline"] = entry["test_miou"][0] - base_miou
+        summary.append(entry)
+    return summary
+
+
+def markdown(summary: list[dict], args: argparse.Namespace) -> str:
+    def fmt(pair, digits=3):
+        m, s = pair
+        return "n/a" if math.isnan(m) else f"{m:.{digits}f} ± {s:.{digits}f}"
+
+    lines = [
+        f"{args.image_size} px, {args.epochs} epochs, seeds {' '.join(map(str, args.seeds))}; mean ± sd over seeds.",
+        "",
+        "| variant | what it changes | test mIoU | vs baseline | test border IoU | val mIoU (selected epoch) | wall time (s) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for e in summary:
+        what = "scripts/baseline.py" if e["variant"] == "baseline" else ALL[e["variant"]]
+        delta = "" if e["variant"] == "baseline" else f"{e['vs_baseline']:+.3f}"
+        wall = "n/a" if math.isnan(e["wall_s"][0]) else f"{e['wall_s'][0]:.0f}"
+        lines.append(
+            f"| {e['variant']} | {what} | {fmt(e['test_miou'])} | {delta} | {fmt(e['test_border'])} | {fmt(e['val_miou'])} | {wall} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def plot(summary: list[dict], path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(8, 0.45 * len(summary) + 1.2))
+    names = [e["variant"] for e in summary][::-1]
+    for key, colour, offset in (("test_miou", "tab:blue", 0.15), ("test_border", "tab:orange", -0.15)):
+        means = [e[key][0] for e in summary][::-1]
+        sds = [e[key][1] for e in summary][::-1]
+        ax.errorbar(means, [i + offset for i in range(len(names))], xerr=sds, fmt="o", color=colour, label=key.replace("_", " "))
+    base = next((e for e in summary if e["variant"] == "baseline"), None)
+    if base is not None:
+        ax.axvline(base["test_miou"][0], color="tab:blue", ls=":", lw=1)
+        ax.axvline(base["test_border"][0], color="tab:orange", ls=":", lw=1)
+    ax.set_yticks(range(len(names)), names)
+    ax.set_xlabel("IoU on the test split (mean ± sd over seeds; dotted: baseline)")
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--data-root", default=str(REPO.parent / "shared" / "data"))
+    p.add_argument("--image-size", type=int, default=64)
+    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--variants", nargs="+", default=list(ALL), choices=list(ALL))
+    p.add_argument("--jobs", type=int, default=1, help="runs at once")
+    p.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS of each run")
+    p.add_argument("--max-steps", type=int, default=None, help="cap on steps per epoch (tests)")
+    args = p.parse_args()
+    if len(args.seeds) < 2:
+        p.error("--seeds: give at least two seeds, the spread is part of the result")
+    args.out.mkdir(parents=True, exist_ok=True)
+    missing = {EVAL_VARIANTS[v][1] for v in args.variants if v in EVAL_VARIANTS} - set(args.variants)
+    if missing:
+        p.error(f"--variants: also name {', '.join(sorted(missing))}, whose runs the evaluation-only variants score")
+    trained = [(v, s) for v in args.variants if v not in EVAL_VARIANTS for s in args.seeds]
+    scored = [(v, s) for v in args.variants if v in EVAL_VARIANTS for s in args.seeds]
+    with ThreadPoolExecutor(args.jobs) as pool:
+        rows = list(tqdm(pool.map(lambda job: run_one(args, *job), trained), total=len(trained), desc="train", unit="run"))
+        rows += list(tqdm(pool.map(lambda job: run_one(args, *job), scored), total=len(scored), desc="evaluate", unit="run"))
+    fields = list(dict.fromkeys(k for r in rows for k in r))
+    with (args.out / "results.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+    summary = summarise(rows, args.variants)
+    (args.out / "summary.md").write_text(markdown(summary, args))
+    plot(summary, args.out / "summary.png")
+    print(markdown(summary, args))
+    print(f"wrote {args.out / 'results.csv'}, {args.out / 'summary.md'}, {args.out / 'summary.png'}")
+
+
+if __name__ == "__main__":
+    main()
