@@ -90,14 +90,18 @@ def assert_complete(run_dir: Path, epochs: int = EPOCHS) -> None:
 # --------------------------------------------------------------------------- exact resume
 
 
-@pytest.mark.parametrize("cache", ["none", "device"])
-def test_resume_reproduces_an_uninterrupted_run(tmp_path, data_root, capsys, cache):
-    """Also with data.cache: device, whose batches come from BatchAugment instead of DataLoader workers."""
+RECIPE = {"train.ema": 0.9, "optim.warmup_epochs": 1, "data.rotation": 10, "data.crop_scale": "[0.5, 1]"}
+
+
+@pytest.mark.parametrize("cache, recipe", [("none", {}), ("device", {"data.rotation": 10}), ("none", RECIPE)], ids=["plain", "device", "recipe"])
+def test_resume_reproduces_an_uninterrupted_run(tmp_path, data_root, capsys, cache, recipe):
+    """Also with data.cache: device, whose batches come from BatchAugment instead of DataLoader workers,
+    and with the recipe's options (EMA weights, warmup, rotation), whose state must survive the stop too."""
     out = tmp_path / "out"
-    assert main(train_argv(tmp_path, out, "straight", data_root, **{"data.cache": cache})) == 0
+    assert main(train_argv(tmp_path, out, "straight", data_root, **{"data.cache": cache, **recipe})) == 0
     straight = out / "straight"
 
-    assert main(train_argv(tmp_path, out, "split", data_root, **{"data.cache": cache}) + ["--stop-after-epoch", "2"]) == 0
+    assert main(train_argv(tmp_path, out, "split", data_root, **{"data.cache": cache, **recipe}) + ["--stop-after-epoch", "2"]) == 0
     split = out / "split"
     assert "stopped after epoch 2" in capsys.readouterr().out
     assert [r["epoch"] for r in rows(split)] == [1, 2]
@@ -114,9 +118,12 @@ def test_resume_reproduces_an_uninterrupted_run(tmp_path, data_root, capsys, cac
     assert_close(a, b)
     state_a = load_checkpoint(straight / "checkpoints" / "last.pt")
     state_b = load_checkpoint(split / "checkpoints" / "last.pt")
-    assert state_a["model"].keys() == state_b["model"].keys()
-    for key in state_a["model"]:
-        assert torch.equal(state_a["model"][key], state_b["model"][key]), key
+    assert state_a.keys() == state_b.keys()
+    for weights in ("model", "train_weights") if "train_weights" in state_a else ("model",):
+        assert state_a[weights].keys() == state_b[weights].keys()
+        for key in state_a[weights]:
+            assert torch.equal(state_a[weights][key], state_b[weights][key]), (weights, key)
+    assert state_a.get("ema_updates") == state_b.get("ema_updates")
     for pid, s in state_a["optimizer"]["state"].items():
         for key, value in s.items():
             assert torch.equal(torch.as_tensor(value), torch.as_tensor(state_b["optimizer"]["state"][pid][key])), key

@@ -69,7 +69,15 @@ def test_round_trip_through_yaml(tmp_path):
         (["optim.lr=-1"], "optim.lr: must be > 0"),
         (["data.image_size=100"], "data.image_size: must be a positive multiple of 32"),
         (["data.val_fraction=1.0"], "data.val_fraction"),
-        (["data.val_fraction=0"], "data.val_fraction"),
+        (["data.val_fraction=-0.1"], "data.val_fraction: must be >= 0"),
+        (["data.val_fraction=0"], "train.select: data.val_fraction: 0 leaves no validation split"),
+        (["data.crop_scale=[0.9, 0.5]"], "data.crop_scale: must be [min, max]"),
+        (["data.crop_scale=[0.5]"], "data.crop_scale: must be [min, max]"),
+        (["data.crop_scale=[0, 1]"], "data.crop_scale[0]: must be > 0"),
+        (["data.rotation=270"], "data.rotation: must be >= 0 and <= 180"),
+        (["optim.epochs=2", "optim.warmup_epochs=2"], "optim.warmup_epochs: must be less than optim.epochs (2)"),
+        (["train.ema=1"], "train.ema: must be > 0 and < 1"),
+        (["train.select=best"], "train.select: must be one of best_val, last"),
         (["data.border=maybe"], "data.border: must be one of class, ignore, pet"),
         (["optim.scheduler=step"], "optim.scheduler"),
         (["train.device=tpu"], "train.device"),
@@ -90,6 +98,11 @@ def test_bad_values_name_the_key(overrides, fragment):
     message = str(info.value)
     assert fragment in message
     assert "\n" not in message
+
+
+def test_training_on_all_of_trainval_is_accepted_with_a_fixed_schedule():
+    cfg = load_config(None, ["data.val_fraction=0", "train.select=last"])
+    assert (cfg.data.val_fraction, cfg.train.select) == (0.0, "last")
 
 
 def test_yaml_errors(tmp_path):

@@ -13,7 +13,7 @@ from seg_pet.config import load_config
 from seg_pet.data.loaders import count_pixels
 from seg_pet.data.oxford import open_split, read_image, remap_trimap, stratified_split
 from seg_pet.data.sources import build_datasets, build_test_dataset
-from seg_pet.data.transforms import denormalize, eval_transforms, train_transforms
+from seg_pet.data.transforms import BatchAugment, denormalize, eval_transforms, train_transforms
 from seg_pet.labels import IGNORE_INDEX, class_names
 from seg_pet.runtime.errors import DataError
 from tests.conftest import PET_DIR, SHARED_DATA, requires_pet, tiny_overrides
@@ -54,6 +54,32 @@ def test_split_keeps_one_val_image_per_small_breed():
     train, val = stratified_split([0, 0, 1, 1, 1], 0.1, seed=0)
     assert Counter([0, 0, 1, 1, 1][i] for i in val) == {0: 1, 1: 1}
     assert len(train) == 3
+
+
+def test_a_zero_val_fraction_holds_nothing_out():
+    train, val = stratified_split([0, 0, 1, 1, 1], 0.0, seed=0)
+    assert (train, val) == ([0, 1, 2, 3, 4], [])
+
+
+def test_rotation_leaves_the_uncovered_corners_out_of_the_loss():
+    """Per image (DataLoader) and per batch (data.cache: device): the corners a rotation uncovers are IGNORE_INDEX."""
+    torch.manual_seed(0)
+    image = tv_tensors.Image(torch.full((3, 64, 64), 200, dtype=torch.uint8))
+    trimap = tv_tensors.Mask(torch.full((64, 64), 2, dtype=torch.uint8))  # all background
+    lut = torch.from_numpy(np.asarray(remap_trimap(torch.arange(4, dtype=torch.uint8), "class")))
+    rotated = 0
+    for _ in range(8):
+        _, mask = train_transforms(64, (1.0, 1.0), rotation=45.0)(image, trimap)
+        classes = lut[mask.long()]
+        assert set(classes.unique().tolist()) <= {1, IGNORE_INDEX}  # background, or left out: never pet
+        rotated += int((classes == IGNORE_INDEX).any())
+    assert rotated >= 6  # an angle near 0 uncovers nothing; most of 8 draws in +-45 degrees do
+    labels = [torch.ones(64, 64, dtype=torch.uint8)] * 8  # class indices, as the device cache holds them
+    _, targets = BatchAugment(64, (1.0, 1.0), rotation=45.0, jitter=False)([image.as_subclass(torch.Tensor)] * 8, labels)
+    assert set(targets.unique().tolist()) == {1, IGNORE_INDEX}
+    assert (targets[:, 0, 0] == IGNORE_INDEX).sum() >= 6  # a corner pixel is uncovered by any angle beyond a few degrees
+    _, straight = BatchAugment(64, (1.0, 1.0), jitter=False)([image.as_subclass(torch.Tensor)] * 8, labels)
+    assert set(straight.unique().tolist()) == {1}
 
 
 def test_transforms_keep_masks_integer_and_aligned():
