@@ -24,7 +24,10 @@ def train(tmp_path: Path, data_root: Path, name: str, **extra) -> Path:
     config = tmp_path / "empty.yaml"
     config.write_text("")
     sets = {"data.synthetic_images": 16, "data.batch_size": 4, "train.max_steps_per_epoch": 2, "optim.epochs": EPOCHS, **extra}
-    assert main(["train", "--config", str(config), *set_args(tiny_overrides(tmp_path / "out", name, real=False, data_root=data_root, **sets))]) == 0
+    assert (
+        main(["train", "--config", str(config), *set_args(tiny_overrides(tmp_path / "out", name, real=False, data_root=data_root, **sets))])
+        == 0
+    )
     return tmp_path / "out" / name
 
 

@@ -93,7 +93,9 @@ def assert_complete(run_dir: Path, epochs: int = EPOCHS) -> None:
 RECIPE = {"train.ema": 0.9, "optim.warmup_epochs": 1, "data.rotation": 10, "data.crop_scale": "[0.5, 1]"}
 
 
-@pytest.mark.parametrize("cache, recipe", [("none", {}), ("device", {"data.rotation": 10}), ("none", RECIPE)], ids=["plain", "device", "recipe"])
+@pytest.mark.parametrize(
+    "cache, recipe", [("none", {}), ("device", {"data.rotation": 10}), ("none", RECIPE)], ids=["plain", "device", "recipe"]
+)
 def test_resume_reproduces_an_uninterrupted_run(tmp_path, data_root, capsys, cache, recipe):
     """Also with data.cache: device, whose batches come from BatchAugment instead of DataLoader workers,
     and with the recipe's options (EMA weights, warmup, rotation), whose state must survive the stop too."""

@@ -1,0 +1,51 @@
+"""scripts/recipe_sweep.py at a tiny size: seg_pet and the baseline trained per seed, an evaluation-only
+variant scored from a trained one, the summary written, and finished runs reused on a second call."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+
+from tests.conftest import REPO, SHARED_DATA, requires_pet
+
+
+def sweep(out, *variants: str) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, str(REPO / "scripts" / "recipe_sweep.py"), "--out", str(out), "--data-root", str(SHARED_DATA)]
+    cmd += ["--image-size", "32", "--epochs", "1", "--max-steps", "1", "--seeds", "0", "1", "--variants", *variants]
+    return subprocess.run(cmd, capture_output=True, text=True, cwd=out.parent, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=600)
+
+
+@requires_pet
+def test_sweep_trains_scores_summarises_and_reuses_runs(tmp_path) -> None:
+    out = tmp_path / "sweep"
+    done = sweep(out, "baseline", "before", "tta_hflip")
+    assert done.returncode == 0, done.stderr[-2000:]
+    with (out / "results.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert sorted((r["variant"], r["seed"]) for r in rows) == [(v, s) for v in ("baseline", "before", "tta_hflip") for s in ("0", "1")]
+    for seed in (0, 1):
+        trained = json.loads((out / "before" / f"seed{seed}" / "test_metrics.json").read_text())
+        scored = json.loads((out / "tta_hflip" / f"seed{seed}" / "test_metrics.json").read_text())
+        assert (trained.get("tta", "none"), scored["tta"]) == ("none", "hflip")
+        assert scored["num_images"] == trained["num_images"] == 198
+        # the extra look at the test split is on record in the trained run
+        looks = (out / "before" / f"seed{seed}" / "test_evaluations.jsonl").read_text().splitlines()
+        assert len(looks) == 2
+    summary = (out / "summary.md").read_text()
+    for variant in ("baseline", "before", "tta_hflip"):
+        assert f"| {variant} |" in summary
+    assert (out / "summary.png").stat().st_size > 0
+
+    stamps = {p: p.stat().st_mtime_ns for p in out.glob("*/seed*/test_metrics.json")}
+    again = sweep(out, "baseline", "before", "tta_hflip")
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert {p: p.stat().st_mtime_ns for p in out.glob("*/seed*/test_metrics.json")} == stamps  # nothing trained twice
+
+
+@requires_pet
+def test_an_evaluation_variant_needs_its_trained_variant(tmp_path) -> None:
+    done = sweep(tmp_path / "sweep", "tta_hflip")
+    assert done.returncode == 2 and "also name before" in done.stderr
