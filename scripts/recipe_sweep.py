@@ -184,7 +184,10 @@ def mean_sd(values: list[float]) -> tuple[float, float]:
 
 
 def summarise(rows: list[dict], order: list[str]) -> list[dict]:
+    """Mean ± sd per variant. `val_vs_before`: the validation mIoU minus `before`'s for the same seed
+    (the same validation images: the split follows the seed), averaged over seeds: what choices are made on."""
     base_miou = mean_sd([r["test_miou"] for r in rows if r["variant"] == "baseline"])[0]
+    before_val = {r["seed"]: r["val_miou"] for r in rows if r["variant"] == "before"}
     summary = []
     for variant in order:
         mine = [r for r in rows if r["variant"] == variant]
@@ -194,6 +197,7 @@ def summarise(rows: list[dict], order: list[str]) -> list[dict]:
         for key in ("test_miou", "test_border", "test_pet", "test_background", "val_miou", "wall_s"):
             entry[key] = mean_sd([r[key] for r in mine])
         entry["vs_baseline"] = entry["test_miou"][0] - base_miou
+        entry["val_vs_before"] = mean_sd([r["val_miou"] - before_val.get(r["seed"], math.nan) for r in mine])
         summary.append(entry)
     return summary
 
@@ -203,18 +207,23 @@ def markdown(summary: list[dict], args: argparse.Namespace) -> str:
         m, s = pair
         return "n/a" if math.isnan(m) else f"{m:.{digits}f} ± {s:.{digits}f}"
 
+    def signed(pair):
+        m, s = pair
+        return "n/a" if math.isnan(m) else f"{m:+.3f} ± {s:.3f}"
+
     lines = [
         f"{args.image_size} px, {args.epochs} epochs, seeds {' '.join(map(str, args.seeds))}; mean ± sd over seeds.",
         "",
-        "| variant | what it changes | test mIoU | vs baseline | test border IoU | val mIoU (selected epoch) | wall time (s) |",
-        "|---|---|---|---|---|---|---|",
+        "| variant | what it changes | test mIoU | vs baseline | test border IoU | val mIoU (selected epoch) | val vs before, same seed | wall time (s) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for e in summary:
         what = "scripts/baseline.py" if e["variant"] == "baseline" else ALL[e["variant"]]
         delta = "" if e["variant"] == "baseline" else f"{e['vs_baseline']:+.3f}"
         wall = "n/a" if math.isnan(e["wall_s"][0]) else f"{e['wall_s'][0]:.0f}"
         lines.append(
-            f"| {e['variant']} | {what} | {fmt(e['test_miou'])} | {delta} | {fmt(e['test_border'])} | {fmt(e['val_miou'])} | {wall} |"
+            f"| {e['variant']} | {what} | {fmt(e['test_miou'])} | {delta} | {fmt(e['test_border'])} | {fmt(e['val_miou'])} "
+            f"| {signed(e['val_vs_before'])} | {wall} |"
         )
     return "\n".join(lines) + "\n"
 
