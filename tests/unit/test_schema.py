@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 import typing
 
 import pytest
@@ -64,9 +65,19 @@ def numeric_keys() -> list[tuple[str, type]]:
     return keys
 
 
+def is_list(key: str) -> bool:
+    section, name = key.split(".")
+    schema = {f.name: f.default_factory for f in dataclasses.fields(Config)}[section]
+    return typing.get_origin(typing.get_type_hints(schema)[name]) is list
+
+
 @pytest.mark.parametrize("key", numeric_keys())
 @pytest.mark.parametrize("value", [".nan", ".inf", "-.inf"])
 def test_every_float_key_refuses_non_finite_values(key: str, value: str) -> None:
+    if is_list(key):  # a list of numbers (data.crop_scale): the first item is the bad one
+        with pytest.raises(ConfigError, match=rf"^{re.escape(key)}\[0\]: must be a finite number"):
+            load_config(None, [f"{key}=[{value}, 1]"])
+        return
     with pytest.raises(ConfigError, match=rf"^{key}: must be a finite number"):
         load_config(None, [f"{key}={value}"])
 
