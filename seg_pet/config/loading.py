@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import math
 import re
 import types
 import typing
@@ -273,8 +272,8 @@ def validate(cfg: Config) -> None:
     device = cfg.train.device
     if not (device in ("auto", "cpu", "cuda") or (device.startswith("cuda:") and device[5:].isdigit())):
         fail("train.device", f"must be auto, cpu, cuda or cuda:N; got {device!r}")
-    low, high = (cfg.data.crop_scale + [math.nan, math.nan])[:2]
-    if len(cfg.data.crop_scale) != 2 or not low <= high:
+    scale = cfg.data.crop_scale
+    if len(scale) != 2 or scale[0] > scale[1]:
         fail("data.crop_scale", f"must be [min, max] with 0 < min <= max <= 1, got {cfg.data.crop_scale}")
     if cfg.data.val_fraction == 0 and cfg.train.select != "last":
         fail("train.select", "data.val_fraction: 0 leaves no validation split to select on; use train.select: last")

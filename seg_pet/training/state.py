@@ -176,14 +176,12 @@ def restore(setup: Setup, state: dict[str, Any], cfg: Config, names: list[str], 
     """The inverse of checkpoint_state, in every process: weights, optimiser, schedule, this process's RNG, history."""
     last = run_dir / "checkpoints" / "last.pt"
     model_cfg = config_to_dict(cfg)["model"]
+    # A run with train.ema saved the trained weights under "train_weights" and the average under "model".
+    load_model_weights(setup.model, {**state, "model": state.get("train_weights", state["model"])}, last, names, model_cfg)
     if setup.ema is not None and "train_weights" in state:
-        load_model_weights(setup.model, {**state, "model": state["train_weights"]}, last, names, model_cfg)
         load_model_weights(setup.ema.module, state, last, names, model_cfg)
         setup.ema.n_averaged.fill_(int(state.get("ema_updates", 0)))
-    else:  # no EMA, or train.ema set on resume of a run without one: the average starts from these weights
-        load_model_weights(setup.model, state, last, names, model_cfg)
-        if setup.ema is not None:
-            setup.ema.module.load_state_dict(setup.model.state_dict())
+    # train.ema set on resume of a run without one: n_averaged is 0, so the first step's update starts the average.
     try:
         setup.optimizer.load_state_dict(state["optimizer"])
         if setup.scheduler is not None and state.get("scheduler"):
