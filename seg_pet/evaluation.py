@@ -38,6 +38,7 @@ from seg_pet.runtime.distributed import all_reduce_sum, is_main
 from seg_pet.runtime.errors import SegPetError
 from seg_pet.runtime.fileio import atomic_write, write_json
 from seg_pet.runtime.paths import check_output, is_writable_dir
+from seg_pet.runtime.runpaths import RunPaths
 from seg_pet.testlog import LOG_NAME, earlier_looks, record_test_evaluation
 from seg_pet.tta import tta_logits
 from seg_pet.viz import plot_confusion
@@ -53,7 +54,7 @@ class LoadedRun(NamedTuple):
 
 def checkpoint_path(run_dir: Path, checkpoint: str) -> Path:
     """best | last -> the run's own file; anything else is a path."""
-    return run_dir / "checkpoints" / f"{checkpoint}.pt" if checkpoint in ("best", "last") else Path(checkpoint)
+    return RunPaths(run_dir).checkpoint(checkpoint) if checkpoint in ("best", "last") else Path(checkpoint)
 
 
 def load_run(run_dir: str | Path, checkpoint: str = "best", overrides: Iterable[str] = ()) -> LoadedRun:
@@ -62,9 +63,7 @@ def load_run(run_dir: str | Path, checkpoint: str = "best", overrides: Iterable[
     The checkpoint holds every weight, so the encoder is rebuilt without downloading pretrained weights.
     """
     run_dir = Path(run_dir)
-    if not (run_dir / "config.yaml").is_file():
-        raise SegPetError(f"--run {run_dir}: not a seg_pet run folder (no config.yaml)")
-    cfg = load_config(run_dir / "config.yaml", list(overrides))
+    cfg = load_config(RunPaths(run_dir).require_config("--run").config, list(overrides))
     path = checkpoint_path(run_dir, checkpoint)
     state = load_checkpoint(path)
     names = class_names(cfg.data.border)
@@ -149,12 +148,11 @@ def evaluate_split(
 def write_test_outputs(run_dir: Path, metrics: dict[str, Any], names: list[str]) -> None:
     """test_metrics.json is written last: its presence means the run is complete (resume checks it)."""
     matrix = torch.tensor(metrics["confusion"])
-    with atomic_write(run_dir / "test_confusion.csv") as f:
+    paths = RunPaths(run_dir)
+    with atomic_write(paths.test_confusion) as f:
         f.write(confusion_csv(matrix, names))
-    plot_confusion(
-        matrix, names, run_dir / "plots" / "test_confusion.png", title=f"test, epoch {metrics['checkpoint_epoch']} (row-normalised)"
-    )
-    write_json(run_dir / "test_metrics.json", metrics)
+    plot_confusion(matrix, names, paths.plots / "test_confusion.png", title=f"test, epoch {metrics['checkpoint_epoch']} (row-normalised)")
+    write_json(paths.test_metrics, metrics)
 
 
 def evaluate_run(
@@ -168,8 +166,7 @@ def evaluate_run(
     log=print,
 ) -> dict[str, Any]:
     run_dir = Path(run_dir)
-    if not (run_dir / "config.yaml").is_file():
-        raise SegPetError(f"--run {run_dir}: not a seg_pet run folder (no config.yaml)")
+    paths = RunPaths(run_dir).require_config("--run")
     if out is not None:
         check_output(out, "--out", "file")  # before the work: never write over the run's own files
     cfg, model, names, state, path = load_run(run_dir, checkpoint, overrides)
@@ -177,7 +174,7 @@ def evaluate_run(
         raise SegPetError(
             f"--run {run_dir}: trained on all of trainval (data.val_fraction: 0), so it has no validation split; use --split test"
         )
-    looks = earlier_looks(run_dir, cfg, load_config(run_dir / "config.yaml")) if split == "test" else []
+    looks = earlier_looks(run_dir, cfg, load_config(paths.config)) if split == "test" else []
     if looks and not force:
         raise SegPetError(
             f"{run_dir} was already evaluated on the test split of {cfg.data.root} ({len(looks)} time(s), recorded in {LOG_NAME}); "

@@ -24,8 +24,9 @@ from typing import Any
 
 from seg_pet.runtime.fileio import atomic_write
 from seg_pet.runtime.paths import check_input
+from seg_pet.runtime.runpaths import RunPaths
 
-LOG_NAME = "test_evaluations.jsonl"
+LOG_NAME = RunPaths("").test_log.name
 
 
 def dataset_identity(cfg: Any) -> dict[str, str]:
@@ -35,7 +36,7 @@ def dataset_identity(cfg: Any) -> dict[str, str]:
 
 def read_test_log(run_dir: Path) -> list[dict[str, Any]]:
     """The records, oldest first. A line that is not a JSON object counts as a look at an unknown test set."""
-    path = run_dir / LOG_NAME
+    path = RunPaths(run_dir).test_log
     if not path.exists():
         return []
     check_input(path, "the test-set record", "file")
@@ -55,7 +56,7 @@ def earlier_looks(run_dir: Path, cfg: Any, run_cfg: Any) -> list[dict[str, Any]]
     """Records of earlier evaluations of the test set `cfg` names; `run_cfg` is the run's own config (for old runs)."""
     identity = dataset_identity(cfg)
     records = read_test_log(run_dir)
-    if (run_dir / "test_metrics.json").is_file() and not any(r.get("command") == "train" for r in records):
+    if RunPaths(run_dir).test_metrics.is_file() and not any(r.get("command") == "train" for r in records):
         records.append({"command": "train", **dataset_identity(run_cfg)})  # a run from before the record existed
     return [
         r
@@ -66,7 +67,7 @@ def earlier_looks(run_dir: Path, cfg: Any, run_cfg: Any) -> list[dict[str, Any]]
 
 def record_test_evaluation(run_dir: Path, cfg: Any, *, command: str, checkpoint: Path, epoch: int, forced: bool) -> None:
     """Append one record (the file is rewritten atomically: a killed process leaves the old or the new one)."""
-    path = run_dir / LOG_NAME
+    path = RunPaths(run_dir).test_log
     old = path.read_text(errors="replace") if path.is_file() else ""
     if old and not old.endswith("\n"):
         old += "\n"

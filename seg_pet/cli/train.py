@@ -10,6 +10,7 @@ from seg_pet.cli.common import add_overrides, check_paths, positive_int
 from seg_pet.config import Config, load_config
 from seg_pet.runtime.distributed import launch, leave_process_group
 from seg_pet.runtime.errors import SegPetError, StorageError
+from seg_pet.runtime.runpaths import RunPaths
 from seg_pet.runtime.signals import Interrupted, Terminated
 from seg_pet.training.rundir import resume_command
 from seg_pet.training.train import train
@@ -46,9 +47,7 @@ def load_train_config(args: argparse.Namespace) -> Config:
         raise SegPetError("--resume continues a run and --overwrite replaces it: use one of them")
     if args.config is not None:
         raise SegPetError("--resume uses the run's own config.yaml; drop --config (use --set to change a key, e.g. optim.epochs)")
-    if not (args.resume / "config.yaml").is_file():
-        raise SegPetError(f"--resume {args.resume}: not a seg_pet run folder (no config.yaml)")
-    cfg = load_config(args.resume / "config.yaml", args.overrides)
+    cfg = load_config(RunPaths(args.resume).require_config("--resume").config, args.overrides)
     cfg.run.output_dir, cfg.run.name = str(args.resume.parent), args.resume.name
     return cfg
 
@@ -61,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         train(cfg, resume=args.resume is not None, overwrite=args.overwrite, stop_after_epoch=args.stop_after_epoch, dry_run=args.dry_run)
     except StorageError as exc:  # a full disk: the run stays resumable from its last complete checkpoint
-        if (cfg.run_dir / "checkpoints" / "last.pt").is_file():
+        if RunPaths(cfg.run_dir).last.is_file():
             raise StorageError(f"{exc}; the run is resumable: {resume_command(cfg.run_dir)}") from None
         raise
     except Interrupted as exc:
@@ -69,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"\n{exc}", file=sys.stderr)
         return exc.exit_code
     except (Terminated, KeyboardInterrupt):  # outside the phases that say more (setup, a second Ctrl-C)
-        if main_process and (cfg.run_dir / "checkpoints" / "last.pt").is_file():
+        if main_process and RunPaths(cfg.run_dir).last.is_file():
             print(f"{cfg.run_dir} is resumable: {resume_command(cfg.run_dir)}", file=sys.stderr)
         raise
     finally:

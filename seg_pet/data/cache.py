@@ -49,6 +49,7 @@ from seg_pet.runtime.distributed import shard
 from seg_pet.runtime.errors import DataError
 from seg_pet.runtime.fileio import atomic_path
 from seg_pet.runtime.paths import is_writable_dir
+from seg_pet.runtime.runpaths import RunPaths
 
 FORMAT_VERSION = 1  # bump when what is stored changes, so old files are not read
 CACHE_DIRNAME = ".seg_pet_cache"
@@ -83,7 +84,7 @@ def disk_cache_dir(data_root: str | Path, run_dir: Optional[str | Path] = None) 
         return inside_root
     if run_dir is None:
         raise DataError(f"data.cache: disk: {data_root} is read-only and there is no run folder to hold the cache; use data.cache: memory")
-    return Path(run_dir) / "cache"
+    return RunPaths(run_dir).cache
 
 
 class _Prepared(Dataset):

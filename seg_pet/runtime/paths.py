@@ -27,22 +27,10 @@ from pathlib import Path
 
 from seg_pet.runtime.errors import SegPetError
 from seg_pet.runtime.fileio import partial_name
+from seg_pet.runtime.runpaths import RUN_ENTRIES, RunPaths
 
 NAME_MAX = 255  # bytes in one file name (ext4, xfs, btrfs, APFS, NTFS in UTF-16 units)
 PATH_MAX = 4096  # bytes in a whole path (Linux)
-RUN_ENTRIES = (
-    "config.yaml",
-    "checkpoints",
-    "metrics.jsonl",
-    "metrics.csv",
-    "class_weights.json",
-    "test_metrics.json",
-    "test_confusion.csv",
-    "test_evaluations.jsonl",
-    "plots",
-    "overlays",
-    "cache",
-)
 
 
 def check_text(text: str, what: str, error: type[SegPetError] = SegPetError) -> str:
@@ -111,10 +99,6 @@ def is_writable_dir(folder: Path) -> bool:
     return folder.is_dir() and _writable(folder, folder=True)
 
 
-def is_run_folder(folder: Path) -> bool:
-    return (folder / "config.yaml").is_file() and (folder / "checkpoints").is_dir()
-
-
 # --------------------------------------------------------------------------- the checks
 
 
@@ -157,7 +141,7 @@ def _check_creatable(path: Path, what: str) -> None:
 def _check_not_a_run_entry(path: Path, what: str, skip_self: bool) -> None:
     target = path.resolve()
     for folder in target.parents if skip_self else (target, *target.parents):
-        if not is_run_folder(folder):
+        if not RunPaths(folder).is_run_folder():
             continue
         if folder == target:
             raise SegPetError(f"{what} {path}: is a run folder; refusing to write into it (choose a new folder)")

@@ -92,3 +92,9 @@ def _to_global(module: nn.Module) -> nn.Module:
 def data_parallel(model: nn.Module, runtime: Runtime) -> nn.Module:
     """`model` wrapped in DistributedDataParallel on this process's device (CUDA: its own GPU)."""
     return DistributedDataParallel(model, device_ids=[runtime.device.index] if runtime.cuda else None)
+
+
+def unwrapped(step_model: nn.Module) -> nn.Module:
+    """The module inside torch.compile and DistributedDataParallel wrappers (what is saved and loaded)."""
+    module = getattr(step_model, "_orig_mod", step_model)  # torch.compile's OptimizedModule
+    return module.module if isinstance(module, DistributedDataParallel) else module

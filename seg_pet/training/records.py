@@ -13,6 +13,7 @@ from typing import Any
 
 from seg_pet.runtime.errors import CheckpointError
 from seg_pet.runtime.fileio import atomic_write, to_jsonable
+from seg_pet.runtime.runpaths import RunPaths
 from seg_pet.viz import plot_curves
 
 
@@ -76,18 +77,19 @@ def _is_number(value: Any) -> bool:
 def write_epoch_outputs(run_dir: Path, rows: list[dict[str, Any]], names: list[str]) -> None:
     """Every per-epoch file, rewritten from the whole history: metrics.jsonl, metrics.csv, plots/curves.png."""
     write_history(run_dir, rows, names)
-    plot_curves(rows, names, run_dir / "plots" / "curves.png")
+    plot_curves(rows, names, RunPaths(run_dir).plots / "curves.png")
 
 
 def write_history(run_dir: Path, rows: list[dict[str, Any]], names: list[str]) -> None:
     """metrics.jsonl (one JSON object per epoch) and metrics.csv (flat columns), rewritten atomically."""
-    with atomic_write(run_dir / "metrics.jsonl") as f:
+    paths = RunPaths(run_dir)
+    with atomic_write(paths.metrics_jsonl) as f:
         for row in rows:
             f.write(json.dumps(to_jsonable(row), allow_nan=False) + "\n")
     flat_keys = ["epoch", "train_loss", "val_loss", "val_miou", "val_pixel_acc"]
     flat_keys += [f"val_iou_{n}" for n in names] + [f"pred_share_{n}" for n in names]
     flat_keys += ["grad_norm_mean", "grad_norm_max", "lr", "seconds", "warnings"]
-    with atomic_write(run_dir / "metrics.csv", "w") as f:
+    with atomic_write(paths.metrics_csv, "w") as f:
         writer = csv.DictWriter(f, fieldnames=flat_keys, lineterminator="\n")
         writer.writeheader()
         for row in rows:

@@ -28,6 +28,7 @@ from seg_pet.runtime.distributed import launch_command
 from seg_pet.runtime.errors import CheckpointError, SegPetError
 from seg_pet.runtime.fileio import share_folder
 from seg_pet.runtime.paths import check_input, check_output
+from seg_pet.runtime.runpaths import RunPaths
 
 REPLACED_MARK = ".replaced-"
 
@@ -39,8 +40,7 @@ def resume_command(run_dir: Path) -> str:
 def check_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
     if resume:
         check_input(run_dir, "--resume", "dir")
-        if not (run_dir / "config.yaml").is_file():
-            raise SegPetError(f"--resume {run_dir}: not a seg_pet run folder (no config.yaml)")
+        RunPaths(run_dir).require_config("--resume")
         check_output(run_dir, "--resume", "dir", run_folder=True)
         return
     check_output(run_dir.parent, "run.output_dir", "dir")
@@ -51,8 +51,7 @@ def check_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
                 f"run folder {run_dir} already exists; continue it with --resume {run_dir}, "
                 "replace it with --overwrite, or choose another run.name"
             )
-        if not (run_dir / "config.yaml").is_file():
-            raise SegPetError(f"--overwrite: {run_dir} is not a seg_pet run folder (no config.yaml); refusing to delete it")
+        RunPaths(run_dir).require_config("--overwrite", "; refusing to delete it")
 
 
 @dataclass
@@ -119,7 +118,7 @@ def repair_best_checkpoint(run_dir: Path, last_state: dict[str, Any]) -> bool:
     epoch = last_state["epoch"]
     if epoch < 1 or last_state.get("best_epoch") != epoch:
         return False
-    best_path = run_dir / "checkpoints" / "best.pt"
+    best_path = RunPaths(run_dir).best
     try:
         if load_checkpoint(best_path)["epoch"] == epoch:
             return False

@@ -1,8 +1,9 @@
 """What training holds between steps, and how it goes into and out of a checkpoint.
 
-`Setup` is built once per process from the config (model, loss, optimiser, schedule, batch
-plan; under torchrun the DDP wrapper); `Progress` is what the epochs have produced so far. `checkpoint_state` and `restore` are
-exact inverses, which is what makes `--resume` continue bit-for-bit (RNG states included).
+`Setup` is built once per process from the config (model, loss, optimiser, schedule, batch plan);
+`Progress` is what the epochs have produced so far. `checkpoint_state` and `restore` are exact
+inverses, which is what makes `--resume` continue bit-for-bit (RNG states included). `begin_run`
+starts the epochs: from last.pt on resume, else in a new run folder holding an epoch-0 last.pt.
 """
 
 from __future__ import annotations
@@ -10,14 +11,13 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Optional
 
 import torch
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from seg_pet.checkpoint import load_checkpoint, load_model_weights
+from seg_pet.checkpoint import load_checkpoint, load_model_weights, save_checkpoint
 from seg_pet.config import Config, config_to_dict, dump_config
 from seg_pet.config.numbers import check_class_weights, plan_batches
 from seg_pet.data.loaders import count_pixels, resolve_num_workers
@@ -25,21 +25,21 @@ from seg_pet.data.oxford import PetSegmentation
 from seg_pet.losses import build_loss, compute_class_weights, needs_class_weights
 from seg_pet.models import build_model
 from seg_pet.runtime.device import Runtime
-from seg_pet.runtime.distributed import gathered, is_distributed, rank, world_size
+from seg_pet.runtime.distributed import gathered, is_distributed, is_main, rank, world_size
 from seg_pet.runtime.errors import CheckpointError, DataError, SegPetError, first_line
-from seg_pet.runtime.fileio import atomic_write, remove_partial_files
+from seg_pet.runtime.fileio import atomic_write, remove_partial_files, write_json
+from seg_pet.runtime.runpaths import RunPaths
 from seg_pet.runtime.seeding import rng_state, set_rng_state
 from seg_pet.training.optim import build_optimizer, build_scheduler
-from seg_pet.training.parallel import data_parallel, global_batch_norm
-from seg_pet.training.records import check_history
-from seg_pet.training.rundir import repair_best_checkpoint
+from seg_pet.training.parallel import data_parallel, global_batch_norm, unwrapped
+from seg_pet.training.records import EpochRecord, check_history
+from seg_pet.training.rundir import NewRunFolder, create_run_dir, repair_best_checkpoint
 
 
 @dataclass
 class Setup:
-    model: nn.Module  # the weights that are saved
-    step_model: nn.Module  # what the steps call: the model, or torch.compile of it; under torchrun DDP of it
-    eval_model: nn.Module  # what evaluation calls: step_model, or under torchrun the model without DDP
+    model: nn.Module  # what is validated, saved as "model" and tested: the trained module, or with train.ema its average
+    step_model: nn.Module  # what the optimiser steps: the trained module, or torch.compile / (under torchrun) DDP of it
     loss_fn: nn.Module
     optimizer: torch.optim.Optimizer
     scheduler: Optional[torch.optim.lr_scheduler.LRScheduler]
@@ -49,12 +49,12 @@ class Setup:
     workers: int
     pixel_counts: Optional[list[int]] = None
     class_weights: Optional[list[float]] = None
-    ema: Optional[AveragedModel] = None  # train.ema: the moving average of `model`'s weights and buffers
+    ema: Optional[AveragedModel] = None  # train.ema: the moving average of the trained weights and buffers (`model` is its module)
 
     @property
-    def weights(self) -> nn.Module:
-        """The weights that are validated, checkpointed as "model" and tested: the EMA's when train.ema is set."""
-        return self.ema.module if self.ema is not None else self.model
+    def trained(self) -> nn.Module:
+        """The module the optimiser steps, without wrappers (saved as "train_weights" when train.ema is set)."""
+        return unwrapped(self.step_model)
 
 
 @dataclass
@@ -64,10 +64,19 @@ class Progress:
     best_epoch: int = 0
     rows: list[dict[str, Any]] = field(default_factory=list)
 
+    def add(self, record: EpochRecord, select: str) -> bool:
+        """Append the epoch's row; True when the epoch becomes best.pt (train.select)."""
+        self.rows.append(record.row())
+        improved = select == "last" or (not math.isnan(record.val_miou) and record.val_miou > self.best_miou)
+        if improved:
+            self.best_miou, self.best_epoch = record.val_miou, record.epoch
+        return improved
 
-def load_resume_state(run_dir: Path, cfg: Config, stop_after_epoch: Optional[int]) -> dict[str, Any]:
+
+def load_resume_state(cfg: Config, stop_after_epoch: Optional[int]) -> dict[str, Any]:
     """checkpoints/last.pt of the run being resumed, checked against the config before anything is built."""
-    last = run_dir / "checkpoints" / "last.pt"
+    run_dir = cfg.run_dir
+    last = RunPaths(run_dir).last
     if not last.is_file():
         raise CheckpointError(f"--resume {run_dir}: no checkpoints/last.pt to resume from")
     state = load_checkpoint(last, resume=True)
@@ -96,7 +105,7 @@ def build_setup(
     if needs_class_weights(cfg.loss):
         if resume_state is not None and resume_state.get("class_weights") is not None:
             pixel_counts, weights = resume_state["pixel_counts"], resume_state["class_weights"]
-            source = f"{cfg.run_dir / 'checkpoints' / 'last.pt'} class_weights"
+            source = f"{RunPaths(cfg.run_dir).last} class_weights"
         else:
             pixel_counts = count_pixels(train_set, len(names))
             weights = compute_class_weights(cfg.loss.get("class_weights"), pixel_counts)
@@ -116,16 +125,12 @@ def build_setup(
     step_model = data_parallel(model, runtime) if is_distributed() else model
     if cfg.train.compile:  # under torchrun the DDP wrapper is compiled (TorchDynamo splits the graph at its gradient buckets)
         step_model = torch.compile(step_model)
-    # Evaluation needs no gradient averaging: without DDP each process scores its share with no collective.
-    eval_model = (torch.compile(model) if cfg.train.compile else model) if is_distributed() else step_model
     ema = None
     if cfg.train.ema is not None:  # BN statistics are averaged too (use_buffers), so the average is evaluated as it is
         ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.train.ema), use_buffers=True)
-        eval_model = ema.module
     return Setup(
-        model=model,
+        model=ema.module if ema is not None else model,
         step_model=step_model,
-        eval_model=eval_model,
         loss_fn=loss_fn,
         optimizer=optimizer,
         scheduler=build_scheduler(o.scheduler, optimizer, plan.total_steps, round(o.warmup_epochs * plan.steps_per_epoch)),
@@ -150,9 +155,9 @@ def checkpoint_state(setup: Setup, progress: Progress, cfg: Config, names: list[
     rngs = gathered(rng_state())
     ema = setup.ema
     return {
-        "model": setup.weights.state_dict(),
+        "model": setup.model.state_dict(),
         # train.ema: "model" holds the averaged weights (what evaluate and predict load), these the trained ones
-        **({"train_weights": setup.model.state_dict(), "ema_updates": int(ema.n_averaged)} if ema is not None else {}),
+        **({"train_weights": setup.trained.state_dict(), "ema_updates": int(ema.n_averaged)} if ema is not None else {}),
         "optimizer": setup.optimizer.state_dict(),
         "scheduler": setup.scheduler.state_dict() if setup.scheduler is not None else None,
         "scaler": setup.scaler.state_dict() if setup.scaler is not None else None,
@@ -172,14 +177,14 @@ def checkpoint_state(setup: Setup, progress: Progress, cfg: Config, names: list[
     }
 
 
-def restore(setup: Setup, state: dict[str, Any], cfg: Config, names: list[str], run_dir: Path, log: Callable[[str], None]) -> Progress:
+def restore(setup: Setup, state: dict[str, Any], cfg: Config, names: list[str], log: Callable[[str], None]) -> Progress:
     """The inverse of checkpoint_state, in every process: weights, optimiser, schedule, this process's RNG, history."""
-    last = run_dir / "checkpoints" / "last.pt"
+    last = RunPaths(cfg.run_dir).last
     model_cfg = config_to_dict(cfg)["model"]
     # A run with train.ema saved the trained weights under "train_weights" and the average under "model".
-    load_model_weights(setup.model, {**state, "model": state.get("train_weights", state["model"])}, last, names, model_cfg)
+    load_model_weights(setup.trained, {**state, "model": state.get("train_weights", state["model"])}, last, names, model_cfg)
     if setup.ema is not None and "train_weights" in state:
-        load_model_weights(setup.ema.module, state, last, names, model_cfg)
+        load_model_weights(setup.model, state, last, names, model_cfg)
         setup.ema.n_averaged.fill_(int(state.get("ema_updates", 0)))
     # train.ema set on resume of a run without one: n_averaged is 0, so the first step's update starts the average.
     try:
@@ -208,13 +213,43 @@ def restore(setup: Setup, state: dict[str, Any], cfg: Config, names: list[str], 
     return Progress(state["epoch"] + 1, state["best_miou"], state["best_epoch"], history)
 
 
-def tidy_resumed_run(run_dir: Path, state: dict[str, Any], cfg: Config, progress: Progress, log: Callable[[str], None]) -> None:
+def begin_run(
+    setup: Setup, resume_state: Optional[dict[str, Any]], cfg: Config, names: list[str], log: Callable[[str], None]
+) -> tuple[Progress, Optional[NewRunFolder]]:
+    """Progress restored from last.pt (the run folder tidied), or a new run folder with an epoch-0 last.pt (rank 0 makes it)."""
+    if resume_state is not None:
+        progress = restore(setup, resume_state, cfg, names, log)
+        if is_main():
+            tidy_resumed_run(resume_state, cfg, progress, log)
+        return progress, None
+    progress = Progress()
+    initial = checkpoint_state(setup, progress, cfg, names, 0)  # in every process: it gathers their RNG states
+    if not is_main():
+        return progress, None
+    return progress, create_run_dir(cfg.run_dir, lambda folder: write_initial_files(RunPaths(folder), cfg, setup, initial, names))
+
+
+def write_initial_files(paths: RunPaths, cfg: Config, setup: Setup, state: dict[str, Any], names: list[str]) -> None:
+    """What a new run folder holds before its first epoch: config.yaml, class weights, an epoch-0 last.pt (`state`)."""
+    with atomic_write(paths.config) as f:
+        f.write(dump_config(cfg))
+    if setup.class_weights is not None:
+        scheme = cfg.loss.get("class_weights")
+        write_json(
+            paths.class_weights,
+            {"scheme": scheme, "class_names": names, "pixel_counts": setup.pixel_counts, "weights": setup.class_weights},
+        )
+    save_checkpoint(paths.last, state)  # resumable from the start
+
+
+def tidy_resumed_run(state: dict[str, Any], cfg: Config, progress: Progress, log: Callable[[str], None]) -> None:
     """The run folder of a resumed run put in order (rank 0 only: it writes)."""
+    paths = RunPaths(cfg.run_dir)
     # Leftovers of a killed process: temporary files of unfinished writes, a best.pt one step behind.
-    remove_partial_files(run_dir)
-    if repair_best_checkpoint(run_dir, state):
+    remove_partial_files(paths.root)
+    if repair_best_checkpoint(paths.root, state):
         log(f"best.pt rewritten from last.pt (epoch {state['epoch']}): the previous process stopped between the two writes")
-    if (run_dir / "config.yaml").read_text() != dump_config(cfg):  # --set on resume, or the folder was moved
-        with atomic_write(run_dir / "config.yaml") as f:
+    if paths.config.read_text() != dump_config(cfg):  # --set on resume, or the folder was moved
+        with atomic_write(paths.config) as f:
             f.write(dump_config(cfg))
-    log(f"resuming {run_dir} after epoch {state['epoch']} (best val mIoU {progress.best_miou:.4f} at epoch {progress.best_epoch})")
+    log(f"resuming {paths.root} after epoch {state['epoch']} (best val mIoU {progress.best_miou:.4f} at epoch {progress.best_epoch})")

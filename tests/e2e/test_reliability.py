@@ -20,9 +20,11 @@ import seg_pet.data.loaders as loaders_module
 import seg_pet.training.state as state_module
 from seg_pet.checkpoint import load_checkpoint, save_checkpoint
 from seg_pet.cli import main
+from seg_pet.config import load_config
 from seg_pet.runtime.errors import CheckpointError
-from seg_pet.runtime.fileio import atomic_write, remove_partial_files
+from seg_pet.runtime.fileio import atomic_write, remove_partial_files, to_jsonable
 from seg_pet.training.rundir import create_run_dir, discard_replaced_runs, repair_best_checkpoint
+from seg_pet.training.train import train
 from tests.conftest import REPO, set_args, tiny_overrides
 
 EPOCHS = 4
@@ -139,6 +141,36 @@ def test_stop_after_an_already_finished_epoch_is_refused(tmp_path, data_root, ca
     capsys.readouterr()
     assert main(["train", "--resume", str(out / "r"), "--stop-after-epoch", "1"]) == 2
     assert capsys.readouterr().err == f"error: --stop-after-epoch 1: {out / 'r'} has already finished epoch 1\n"
+
+
+class Pruned(Exception):
+    """What a caller's on_epoch raises to end a run (optuna.TrialPruned in `tune`)."""
+
+
+def test_on_epoch_gets_each_saved_row_and_what_it_raises_propagates(tmp_path, data_root, capsys):
+    """on_epoch is called once per epoch, after its row and last.pt are saved, with that row; an
+    exception from it ends train() unchanged and leaves the run folder resumable."""
+    out = tmp_path / "out"
+    cfg = load_config(None, overrides(out, "hooked", data_root, **{"optim.epochs": 3}))
+    seen = []
+
+    def on_epoch(row: dict) -> None:
+        saved = load_checkpoint(out / "hooked" / "checkpoints" / "last.pt")
+        seen.append((row, rows(out / "hooked")[-1], saved["epoch"], saved["history"][-1]))
+        if row["epoch"] == 2:
+            raise Pruned("stop here")
+
+    with pytest.raises(Pruned, match="^stop here$"):
+        train(cfg, on_epoch=on_epoch, log=lambda message: None)
+    assert [row["epoch"] for row, *_ in seen] == [1, 2]
+    for row, written, saved_epoch, saved_row in seen:
+        assert saved_epoch == row["epoch"]
+        assert json.dumps(row, sort_keys=True) == json.dumps(saved_row, sort_keys=True)  # NaN-aware equality
+        assert written == json.loads(json.dumps(to_jsonable(row)))  # the metrics.jsonl row, NaN written as null
+    assert [r["epoch"] for r in rows(out / "hooked")] == [1, 2]
+    assert not (out / "hooked" / "test_metrics.json").exists()
+    assert main(["train", "--resume", str(out / "hooked")]) == 0  # the run folder is kept as it was
+    assert_complete(out / "hooked", epochs=3)
 
 
 # --------------------------------------------------------------------------- run folders

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from seg_pet.training.optim import build_scheduler
-from seg_pet.training.train import SELECT
+from seg_pet.training.records import EpochRecord
+from seg_pet.training.state import Progress
 
 
 def lrs(name: str, total: int, warmup: int) -> list[float]:
@@ -39,7 +40,33 @@ def test_no_warmup_keeps_the_plain_schedule() -> None:
     assert lrs("poly", total=4, warmup=0) == pytest.approx([(1 - i / 4) ** 0.9 for i in range(4)])
 
 
+def record(epoch: int, miou: float) -> EpochRecord:
+    nan = math.nan
+    return EpochRecord(
+        epoch=epoch,
+        train_loss=1.0,
+        val_loss=nan,
+        val_miou=miou,
+        val_iou={},
+        val_pixel_acc=nan,
+        pred_share={},
+        grad_norm_mean=nan,
+        grad_norm_max=nan,
+        lr=0.1,
+        seconds=0.0,
+    )
+
+
+def selected(select: str, mious: list[float]) -> list[bool]:
+    progress = Progress()
+    return [progress.add(record(i + 1, miou), select) for i, miou in enumerate(mious)]
+
+
 def test_select_best_val_needs_a_better_number_and_last_takes_every_epoch() -> None:
-    assert SELECT["best_val"](0.6, 0.5) and not SELECT["best_val"](0.5, 0.5) and not SELECT["best_val"](0.4, 0.5)
-    assert not SELECT["best_val"](math.nan, -math.inf)  # no validation number: never "best"
-    assert SELECT["last"](0.1, 0.9) and SELECT["last"](math.nan, -math.inf)
+    assert selected("best_val", [0.5, 0.6, 0.6, 0.4, 0.7]) == [True, True, False, False, True]
+    assert selected("best_val", [math.nan, 0.1]) == [False, True]  # no validation number: never "best"
+    assert selected("last", [0.9, 0.1, math.nan]) == [True, True, True]
+    progress = Progress()
+    for i, miou in enumerate([0.5, 0.7, 0.6]):
+        progress.add(record(i + 1, miou), "best_val")
+    assert (progress.best_epoch, progress.best_miou, [r["epoch"] for r in progress.rows]) == (2, 0.7, [1, 2, 3])
