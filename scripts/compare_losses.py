@@ -24,10 +24,10 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from seg_pet.config import LOSS_OPTIONS, config_to_dict, load_config  # noqa: E402
+from seg_pet.config import LOSSES, config_to_dict, load_config  # noqa: E402
 from seg_pet.training.train import train  # noqa: E402
 
-LOSS_NAMES = tuple(LOSS_OPTIONS)
+LOSS_NAMES = tuple(LOSSES)
 
 EXTRA = {"wce": ["loss.class_weights=median"], "ce_dice": ["loss.dice_weight=1.0"]}
 

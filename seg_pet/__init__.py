@@ -13,7 +13,7 @@ contracts in pyproject.toml). Top to bottom:
     checkpoint  saving and safely loading checkpoints (checked against a schema)
     testlog     the record of every test-set evaluation in a run (test_evaluations.jsonl) and its rule
     viz, models, losses, metrics, tta
-                pictures; the smp model factory; LOSSES; confusion-matrix metrics; test-time augmentation
+                pictures; the smp model factory; loss builders; confusion-matrix metrics; test-time augmentation
     data        Oxford-IIIT Pet reader, synthetic data, transforms, caches, loaders, DATASETS
     config      the schema (one declaration per key), loading, --set, validation, the docs reference
     labels, runtime

@@ -151,7 +151,7 @@ def write_test_outputs(run_dir: Path, metrics: dict[str, Any], names: list[str])
     paths = RunPaths(run_dir)
     with atomic_write(paths.test_confusion) as f:
         f.write(confusion_csv(matrix, names))
-    plot_confusion(matrix, names, paths.plots / "test_confusion.png", title=f"test, epoch {metrics['checkpoint_epoch']} (row-normalised)")
+    plot_confusion(matrix, names, paths.test_confusion_plot, title=f"test, epoch {metrics['checkpoint_epoch']} (row-normalised)")
     write_json(paths.test_metrics, metrics)
 
 

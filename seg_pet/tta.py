@@ -25,7 +25,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-TTA_MODES = ("none", "hflip", "hflip+scales")
+from seg_pet.config import EvalConfig, allowed
+
+TTA_MODES = allowed(EvalConfig, "tta")
 TTA_SCALES = (0.75, 1.0, 1.25)
 SIZE_MULTIPLE = 32
 

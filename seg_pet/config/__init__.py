@@ -1,6 +1,6 @@
 """The config layer: the schema (one declaration of every key), loading, `--set`, and validation.
 
-    schema     dataclasses: types, defaults, allowed values, ranges, help text; LOSS_OPTIONS per loss
+    schema     dataclasses: types, defaults, allowed values, ranges, help text; LOSSES (options, help) per loss
     loading    YAML (safe_load) + overrides -> a checked `Config`; `config_to_dict` / `dump_config` back
     reference  docs/configuration.md, generated from the schema
 
@@ -18,29 +18,35 @@ from seg_pet.config.loading import (
     suggest,
 )
 from seg_pet.config.schema import (
-    LOSS_OPTIONS,
+    LOSSES,
     Config,
     DataConfig,
     EvalConfig,
     LossConfig,
+    LossSpec,
     ModelConfig,
     OptimConfig,
     RunConfig,
     TrainConfig,
+    allowed,
+    builders_for,
     option,
 )
 
 __all__ = [
-    "LOSS_OPTIONS",
+    "LOSSES",
     "Config",
     "DataConfig",
     "EvalConfig",
     "LossConfig",
+    "LossSpec",
     "ModelConfig",
     "OptimConfig",
     "RunConfig",
     "TrainConfig",
+    "allowed",
     "apply_override",
+    "builders_for",
     "build_section",
     "config_from_dict",
     "config_to_dict",

@@ -21,7 +21,7 @@ from typing import Any, Union
 import yaml
 
 from seg_pet.config.numbers import check_class_weights, check_number
-from seg_pet.config.schema import CLASS_WEIGHT_SCHEMES, LOSS_OPTIONS, Config, LossConfig
+from seg_pet.config.schema import CLASS_WEIGHT_SCHEMES, LOSSES, Config, LossConfig
 from seg_pet.labels import BACKGROUND, class_names
 from seg_pet.runtime.errors import ConfigError
 from seg_pet.runtime.paths import check_text
@@ -175,9 +175,9 @@ def build_loss_section(values: dict[str, Any]) -> LossConfig:
     A key that belongs to another loss is an error when set, and ignored when null (run folders
     written by older versions list every option of every loss, mostly as null)."""
     name = build_section("loss", LossConfig, {"name": values.get("name", "ce")}).name
-    options_cls = LOSS_OPTIONS[name]
+    options_cls = LOSSES[name].options
     accepted = {f.name for f in dataclasses.fields(options_cls)}
-    every_option = {f.name for cls in LOSS_OPTIONS.values() for f in dataclasses.fields(cls)}
+    every_option = {f.name for cls, _ in LOSSES.values() for f in dataclasses.fields(cls)}
     own = {}
     for key, value in values.items():
         if key == "name":

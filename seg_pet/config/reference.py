@@ -11,7 +11,7 @@ import typing
 from typing import Any
 
 from seg_pet.config.numbers import describe_range
-from seg_pet.config.schema import LOSS_HELP, LOSS_OPTIONS, SECTION_HELP, Config, LossConfig
+from seg_pet.config.schema import LOSSES, SECTION_HELP, Config, LossConfig
 
 INTRO = """# Configuration reference
 
@@ -76,11 +76,11 @@ def render() -> str:
                 "| `loss.name` | what it is | options |",
                 "|---|---|---|",
             ]
-            for name, options_cls in LOSS_OPTIONS.items():
+            for name, (options_cls, help_text) in LOSSES.items():
                 options = ", ".join(f"`{f.name}`" for f in dataclasses.fields(options_cls)) or "none"
-                lines.append(f"| `{name}` | {LOSS_HELP[name]} | {options} |")
+                lines.append(f"| `{name}` | {help_text} | {options} |")
             option_rows: dict[str, str] = {}  # an option shared by several losses is listed once, with its first default
-            for options_cls in LOSS_OPTIONS.values():
+            for options_cls, _ in LOSSES.values():
                 for f, row in zip(dataclasses.fields(options_cls), _rows("loss", options_cls)):
                     option_rows.setdefault(f.name, row)
             lines += ["", *header, *option_rows.values(), ""]

@@ -2,15 +2,23 @@
 
 Loading (seg_pet.config.loading) checks values against these declarations, and the config
 reference in docs/configuration.md is generated from them (seg_pet.config.reference), so the
-two cannot drift apart. Losses have options of their own: `LOSS_OPTIONS` maps each loss name to
-the dataclass of the options that loss accepts; in YAML they sit flat beside `loss.name`.
+two cannot drift apart. Losses have options of their own: `LOSSES` maps each loss name to its
+help and the dataclass of the options it accepts; in YAML they sit flat beside `loss.name`.
+
+The allowed names of a choice are declared here, not beside their builders: loading and the
+generated reference need them, and this layer sits below the ones that build. Each builder table
+is declared with `builders_for`, which refuses at import a table whose names differ from these.
 """
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, NamedTuple, Optional, TypeVar, Union
+
+from seg_pet.labels import BORDER_MODES
 
 
 def option(
@@ -77,7 +85,7 @@ class DataConfig:
     border: str = option(
         "class",
         "the trimap's border ring: `class` (3 classes), `ignore` (left out of loss and metrics), `pet` (merged into pet)",
-        choices=("class", "ignore", "pet"),
+        choices=BORDER_MODES,
     )
     batch_size: int = option(
         16,
@@ -169,39 +177,32 @@ class TverskyOptions:
     classes: Optional[list[str]] = option(None, _CLASSES)
 
 
-LOSS_OPTIONS: dict[str, type] = {
-    "ce": CEOptions,
-    "wce": WCEOptions,
-    "dice": ClassesOptions,
-    "dice_sq": ClassesOptions,
-    "dice_fg": NoOptions,
-    "dice_fg_sq": NoOptions,
-    "ce_dice": CEDiceOptions,
-    "focal": FocalOptions,
-    "lovasz": NoOptions,
-    "tversky": TverskyOptions,
-    "jaccard": ClassesOptions,
-}
-LOSS_HELP = {
-    "ce": "cross-entropy",
-    "wce": "class-weighted cross-entropy (inverse-frequency weights by default)",
-    "dice": "soft Dice, mean over classes (smp DiceLoss)",
-    "dice_sq": "soft Dice with squared denominator (V-Net)",
-    "dice_fg": "soft Dice over the foreground classes only",
-    "dice_fg_sq": "squared-denominator Dice over the foreground classes only",
-    "ce_dice": "cross-entropy + dice_weight * Dice",
-    "focal": "focal loss (smp, one-vs-rest sigmoid form)",
-    "lovasz": "Lovasz-softmax (smp)",
-    "tversky": "Tversky loss (smp)",
-    "jaccard": "soft Jaccard / IoU loss (smp)",
+class LossSpec(NamedTuple):
+    options: type  # the dataclass of the options this loss accepts
+    help: str
+
+
+# loss.name -> its options and help; the builders are seg_pet.losses.BUILDERS, declared with builders_for(LOSSES, ...)
+LOSSES: dict[str, LossSpec] = {
+    "ce": LossSpec(CEOptions, "cross-entropy"),
+    "wce": LossSpec(WCEOptions, "class-weighted cross-entropy (inverse-frequency weights by default)"),
+    "dice": LossSpec(ClassesOptions, "soft Dice, mean over classes (smp DiceLoss)"),
+    "dice_sq": LossSpec(ClassesOptions, "soft Dice with squared denominator (V-Net)"),
+    "dice_fg": LossSpec(NoOptions, "soft Dice over the foreground classes only"),
+    "dice_fg_sq": LossSpec(NoOptions, "squared-denominator Dice over the foreground classes only"),
+    "ce_dice": LossSpec(CEDiceOptions, "cross-entropy + dice_weight * Dice"),
+    "focal": LossSpec(FocalOptions, "focal loss (smp, one-vs-rest sigmoid form)"),
+    "lovasz": LossSpec(NoOptions, "Lovasz-softmax (smp)"),
+    "tversky": LossSpec(TverskyOptions, "Tversky loss (smp)"),
+    "jaccard": LossSpec(ClassesOptions, "soft Jaccard / IoU loss (smp)"),
 }
 
 
 @dataclass
 class LossConfig:
-    """`name` picks the loss; its options (LOSS_OPTIONS[name]) sit flat beside it in YAML."""
+    """`name` picks the loss; its options (LOSSES[name].options) sit flat beside it in YAML."""
 
-    name: str = option("ce", "the loss; its options are listed per loss below", choices=tuple(LOSS_OPTIONS))
+    name: str = option("ce", "the loss; its options are listed per loss below", choices=tuple(LOSSES))
     options: Any = field(default_factory=CEOptions)
 
     def get(self, key: str, default: Any = None) -> Any:
@@ -294,3 +295,19 @@ SECTION_HELP = {
     "train": "device and training-loop settings",
     "eval": "how validation and test are scored",
 }
+
+
+def allowed(section: type, key: str) -> tuple:
+    """The allowed values of a key: `allowed(OptimConfig, "name")`."""
+    return next(f for f in dataclasses.fields(section) if f.name == key).metadata["choices"]
+
+
+Builder = TypeVar("Builder")
+
+
+def builders_for(names: Iterable[str], builders: dict[str, Builder]) -> dict[str, Builder]:
+    """A name -> builder table for the names the schema allows (`names`); refused unless the two match."""
+    names = tuple(names)
+    if set(builders) != set(names):
+        raise TypeError(f"builders for {sorted(builders)} do not match the names the config schema allows: {sorted(names)}")
+    return builders

@@ -10,15 +10,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from seg_pet.config import Config, DataConfig
+from seg_pet.config import Config, DataConfig, allowed, builders_for
 from seg_pet.data.oxford import PetSegmentation, SplitFiles, eval_dataset, oxford_split, preflight, train_val_datasets
 from seg_pet.data.synthetic import synthetic_split
 from seg_pet.runtime.paths import check_input, check_name, check_output
 
-DATASETS: dict[str, Callable[[DataConfig, str], SplitFiles]] = {
-    "oxford": oxford_split,
-    "synthetic": synthetic_split,
-}
+DATASETS: dict[str, Callable[[DataConfig, str], SplitFiles]] = builders_for(
+    allowed(DataConfig, "source"), {"oxford": oxford_split, "synthetic": synthetic_split}
+)
 
 
 def check_data_root(data: DataConfig) -> None:

@@ -1,8 +1,8 @@
-"""The losses layer: `LOSSES` maps each `loss.name` to its builder; `build_loss` makes the module.
+"""The losses layer: `BUILDERS` maps each `loss.name` to its builder; `build_loss` makes the module.
 
 Every loss takes logits (N, C, H, W) and int64 targets (N, H, W), skips pixels whose target is
 IGNORE_INDEX (no loss, no gradient) and returns a scalar; softmax happens inside the loss. The
-options each loss accepts are declared in the config schema (LOSS_OPTIONS); a combined loss is a
+name, options and help of each loss are declared in the config schema (LOSSES); a combined loss is a
 weighted list of terms (WeightedSum).
 
     dice     the hand-written squared-denominator Dice, and the choice between the Dice forms
@@ -34,12 +34,12 @@ import segmentation_models_pytorch as smp
 import torch
 from torch import nn
 
-from seg_pet.config import LossConfig
+from seg_pet.config import LOSSES, LossConfig, builders_for
 from seg_pet.labels import IGNORE_INDEX
 from seg_pet.losses.dice import dice_loss
 from seg_pet.losses.weights import compute_class_weights, needs_class_weights
 
-__all__ = ["LOSSES", "WeightedSum", "SegLoss", "build_loss", "compute_class_weights", "needs_class_weights"]
+__all__ = ["BUILDERS", "WeightedSum", "SegLoss", "build_loss", "compute_class_weights", "needs_class_weights"]
 
 
 class WeightedSum(nn.Module):
@@ -99,19 +99,22 @@ def _tversky(o: Any, names: list[str], weights: Optional[torch.Tensor], classes:
     return smp.losses.TverskyLoss(mode="multiclass", classes=classes, ignore_index=IGNORE_INDEX, alpha=float(o.alpha), beta=float(o.beta))
 
 
-LOSSES: dict[str, Builder] = {
-    "ce": _ce,
-    "wce": _ce,
-    "dice": _dice_named("dice"),
-    "dice_sq": _dice_named("dice_sq"),
-    "dice_fg": _dice_named("dice_fg"),
-    "dice_fg_sq": _dice_named("dice_fg_sq"),
-    "ce_dice": _ce_dice,
-    "focal": _focal,
-    "lovasz": lambda o, names, weights, classes: smp.losses.LovaszLoss(mode="multiclass", ignore_index=IGNORE_INDEX),
-    "tversky": _tversky,
-    "jaccard": lambda o, names, weights, classes: smp.losses.JaccardLoss(mode="multiclass", classes=classes, ignore_index=IGNORE_INDEX),
-}
+BUILDERS: dict[str, Builder] = builders_for(
+    LOSSES,
+    {
+        "ce": _ce,
+        "wce": _ce,
+        "dice": _dice_named("dice"),
+        "dice_sq": _dice_named("dice_sq"),
+        "dice_fg": _dice_named("dice_fg"),
+        "dice_fg_sq": _dice_named("dice_fg_sq"),
+        "ce_dice": _ce_dice,
+        "focal": _focal,
+        "lovasz": lambda o, names, weights, classes: smp.losses.LovaszLoss(mode="multiclass", ignore_index=IGNORE_INDEX),
+        "tversky": _tversky,
+        "jaccard": lambda o, names, weights, classes: smp.losses.JaccardLoss(mode="multiclass", classes=classes, ignore_index=IGNORE_INDEX),
+    },
+)
 
 
 def build_loss(cfg: LossConfig, class_names: list[str], class_weights: Optional[list[float]] = None) -> nn.Module:
@@ -131,4 +134,4 @@ def build_loss(cfg: LossConfig, class_names: list[str], class_weights: Optional[
     weight_tensor = None if weights is None else torch.tensor([float(w) for w in weights])
     names = cfg.get("classes")
     classes = None if names is None else [class_names.index(n) for n in names]
-    return SegLoss(cfg.name, LOSSES[cfg.name](cfg.options, class_names, weight_tensor, classes), IGNORE_INDEX)
+    return SegLoss(cfg.name, BUILDERS[cfg.name](cfg.options, class_names, weight_tensor, classes), IGNORE_INDEX)

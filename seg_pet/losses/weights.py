@@ -6,7 +6,8 @@ import math
 import statistics
 from typing import Any
 
-from seg_pet.config import LossConfig
+from seg_pet.config import LossConfig, builders_for
+from seg_pet.config.schema import CLASS_WEIGHT_SCHEMES
 from seg_pet.runtime.errors import DataError
 
 
@@ -29,7 +30,7 @@ def _median(counts: list[int], total: int) -> list[float]:
     return [median / f if f > 0 else 0.0 for f in freqs]
 
 
-SCHEMES = {"inverse": _inverse, "median": _median, "sqrt_inverse": _sqrt_inverse}
+SCHEMES = builders_for(CLASS_WEIGHT_SCHEMES, {"inverse": _inverse, "median": _median, "sqrt_inverse": _sqrt_inverse})
 
 
 def compute_class_weights(scheme: Any, pixel_counts: list[int]) -> list[float]:

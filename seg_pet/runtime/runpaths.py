@@ -24,6 +24,8 @@ class RunPaths:
         self.test_confusion = self.root / "test_confusion.csv"
         self.test_log = self.root / "test_evaluations.jsonl"
         self.plots = self.root / "plots"
+        self.curves = self.plots / "curves.png"
+        self.test_confusion_plot = self.plots / "test_confusion.png"
         self.overlays = self.root / "overlays"
         self.cache = self.root / "cache"
 

@@ -1,7 +1,7 @@
 """The study's two loss families, chosen by `study.losses`: the original experiment's formulas, or the project's.
 
     classic   CLASSIC_LOSSES below: the formulas of G. Chlebus's experiment (2018), written out
-    project   seg_pet.losses.LOSSES: the losses `train` uses, with their own conventions
+    project   seg_pet.losses.BUILDERS: the losses `train` uses, with their own conventions
 
 The classic formulas, with p = softmax(logits) and g = the one-hot target, both (N, C, H, W);
 every sum runs over the batch and the pixels together, separately for each class c:
@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from seg_pet.config import LOSS_OPTIONS
+from seg_pet.config import LOSSES
 from seg_pet.config.loading import build_loss_section, validate_loss
 from seg_pet.labels import BACKGROUND, IGNORE_INDEX
 from seg_pet.losses import build_loss, compute_class_weights, needs_class_weights
@@ -110,7 +110,7 @@ class LossFamily:
 LOSS_FAMILIES: dict[str, LossFamily] = {
     "classic": LossFamily(tuple(CLASSIC_LOSSES), build_classic, lambda name, class_names: None),
     "project": LossFamily(
-        tuple(LOSS_OPTIONS), build_project, lambda name, class_names: validate_loss(build_loss_section({"name": name}), class_names)
+        tuple(LOSSES), build_project, lambda name, class_names: validate_loss(build_loss_section({"name": name}), class_names)
     ),
 }
 

@@ -8,19 +8,27 @@ from typing import Optional
 
 import torch
 
+from seg_pet.config import OptimConfig, allowed, builders_for
+
 # name -> builder(params, lr, weight_decay, momentum); momentum is used by SGD only.
-OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
-    "adamw": lambda params, lr, weight_decay, momentum: torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay),
-    "adam": lambda params, lr, weight_decay, momentum: torch.optim.Adam(params, lr=lr, weight_decay=weight_decay),
-    "sgd": lambda params, lr, weight_decay, momentum: torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay),
-}
+OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = builders_for(
+    allowed(OptimConfig, "name"),
+    {
+        "adamw": lambda params, lr, weight_decay, momentum: torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay),
+        "adam": lambda params, lr, weight_decay, momentum: torch.optim.Adam(params, lr=lr, weight_decay=weight_decay),
+        "sgd": lambda params, lr, weight_decay, momentum: torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay),
+    },
+)
 
 # name -> the learning-rate factor at `step` of `total` (per-iteration schedules); None = constant.
-SCHEDULES: dict[str, Optional[Callable[[int, int], float]]] = {
-    "cosine": lambda step, total: 0.5 * (1 + math.cos(math.pi * min(step, total) / total)),
-    "poly": lambda step, total: (1 - min(step, total) / total) ** 0.9,  # as in DeepLab and torchvision's reference
-    "none": None,
-}
+SCHEDULES: dict[str, Optional[Callable[[int, int], float]]] = builders_for(
+    allowed(OptimConfig, "scheduler"),
+    {
+        "cosine": lambda step, total: 0.5 * (1 + math.cos(math.pi * min(step, total) / total)),
+        "poly": lambda step, total: (1 - min(step, total) / total) ** 0.9,  # as in DeepLab and torchvision's reference
+        "none": None,
+    },
+)
 
 
 def build_optimizer(name: str, params: Iterable, *, lr: float, weight_decay: float = 0.0, momentum: float = 0.0) -> torch.optim.Optimizer:

@@ -77,7 +77,7 @@ def _is_number(value: Any) -> bool:
 def write_epoch_outputs(run_dir: Path, rows: list[dict[str, Any]], names: list[str]) -> None:
     """Every per-epoch file, rewritten from the whole history: metrics.jsonl, metrics.csv, plots/curves.png."""
     write_history(run_dir, rows, names)
-    plot_curves(rows, names, RunPaths(run_dir).plots / "curves.png")
+    plot_curves(rows, names, RunPaths(run_dir).curves)
 
 
 def write_history(run_dir: Path, rows: list[dict[str, Any]], names: list[str]) -> None:

@@ -9,12 +9,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from seg_pet.config import LOSS_OPTIONS, LossConfig
+from seg_pet.config import LOSSES, LossConfig
 from seg_pet.config.loading import build_loss_section, validate_loss
-from seg_pet.losses import LOSSES, build_loss, compute_class_weights, needs_class_weights
+from seg_pet.losses import build_loss, compute_class_weights, needs_class_weights
 from seg_pet.runtime.errors import ConfigError
 
-LOSS_NAMES = tuple(LOSS_OPTIONS)
+LOSS_NAMES = tuple(LOSSES)
 
 IGNORE = 255
 CLASS_NAMES = {2: ["pet", "background"], 3: ["pet", "background", "border"]}
@@ -316,12 +316,8 @@ def test_every_option_of_every_loss_is_accepted() -> None:
         "beta": 0.7,
         "classes": ["pet"],
     }
-    for name, options in LOSS_OPTIONS.items():
+    for name, (options, _) in LOSSES.items():
         validate_loss_options(Cfg(name=name, **{f.name: values[f.name] for f in dataclasses.fields(options)}), CLASS_NAMES[3])
-
-
-def test_every_configurable_loss_has_a_builder() -> None:
-    assert set(LOSSES) == set(LOSS_OPTIONS)
 
 
 def test_validation_errors() -> None:

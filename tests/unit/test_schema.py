@@ -11,16 +11,9 @@ import segmentation_models_pytorch as smp
 
 from seg_pet.config import Config, load_config
 from seg_pet.config.reference import render
-from seg_pet.config.schema import ARCHITECTURES, LOSS_OPTIONS
-from seg_pet.data.sources import DATASETS
-from seg_pet.losses.weights import SCHEMES
+from seg_pet.config.schema import ARCHITECTURES, LOSSES, builders_for
 from seg_pet.runtime.errors import ConfigError
-from seg_pet.training.optim import OPTIMIZERS, SCHEDULES
 from tests.conftest import REPO
-
-
-def choices(cls: type, key: str) -> tuple:
-    return next(f for f in dataclasses.fields(cls) if f.name == key).metadata["choices"]
 
 
 def test_docs_config_reference_is_generated_from_the_schema() -> None:
@@ -34,22 +27,22 @@ def test_reference_lists_every_key_with_its_default() -> None:
         for f in dataclasses.fields(section.default_factory):
             if f.name != "options":
                 assert f"`{section.name}.{f.name}`" in page
-    for options in LOSS_OPTIONS.values():
+    for options, _ in LOSSES.values():
         for f in dataclasses.fields(options):
             assert f"`loss.{f.name}`" in page
     assert "| `optim.lr` | float | `0.001` | > 0 and <= 10 |" in page
 
 
-def test_allowed_names_in_the_schema_match_the_builders() -> None:
-    schema = {f.name: f.default_factory for f in dataclasses.fields(Config)}
-    assert set(choices(schema["optim"], "name")) == set(OPTIMIZERS)
-    assert set(choices(schema["optim"], "scheduler")) == set(SCHEDULES)
-    assert set(choices(schema["data"], "source")) == set(DATASETS)
-    assert set(choices(schema["loss"], "name")) == set(LOSS_OPTIONS)
-    assert set(ARCHITECTURES) == set(smp.MODEL_ARCHITECTURES_MAPPING)
-    from seg_pet.config.schema import CLASS_WEIGHT_SCHEMES
+def test_a_builder_table_must_cover_exactly_the_names_the_schema_allows() -> None:
+    assert builders_for(("a", "b"), {"b": 2, "a": 1}) == {"b": 2, "a": 1}
+    with pytest.raises(TypeError, match=r"builders for \['a'\] do not match .*\['a', 'b'\]"):
+        builders_for(("a", "b"), {"a": 1})  # an allowed name nothing builds
+    with pytest.raises(TypeError, match="do not match"):
+        builders_for(("a",), {"a": 1, "c": 3})  # a builder no config can choose
 
-    assert set(CLASS_WEIGHT_SCHEMES) == set(SCHEMES)
+
+def test_the_architectures_are_ones_the_installed_smp_offers() -> None:
+    assert set(ARCHITECTURES) <= set(smp.MODEL_ARCHITECTURES_MAPPING)
 
 
 def numeric_keys() -> list[tuple[str, type]]:
