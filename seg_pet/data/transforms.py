@@ -79,7 +79,7 @@ def denormalize(image: torch.Tensor) -> np.ndarray:
 
 @dataclass(frozen=True)
 class CacheResize:
-    """The deterministic step a decoded-image cache (seg_pet.cache) stores; its repr is part of the cache key.
+    """The deterministic step a decoded-image cache (seg_pet.data.cache) stores; its repr is part of the cache key.
 
     mode "original":     no resize (training). The random crop then cuts from exactly the pixels it
                          would cut from without a cache, so cached training is bit-identical too.
@@ -105,7 +105,7 @@ class CacheResize:
         raise ValueError(f"unknown CacheResize mode {self.mode!r}")
 
 
-def train_cache_resize(size: int) -> CacheResize:
+def train_cache_resize() -> CacheResize:
     return CacheResize(None, "original")
 
 
