@@ -83,8 +83,6 @@ class CacheResize:
 
     mode "original":     no resize (training). The random crop then cuts from exactly the pixels it
                          would cut from without a cache, so cached training is bit-identical too.
-                         A shrunk copy (shorter side 1.15x or 1.95x image_size) saved memory but
-                         lowered test mIoU in 8 of 8 short runs (docs: Performance).
     mode "square":       `size` x `size`, exactly the first step of eval_transforms, which then finds
                          the image already at size and returns it unchanged (bit-identical evaluation);
     mode "square-image": as "square" for the image, the trimap untouched (native-resolution evaluation).
