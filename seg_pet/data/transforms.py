@@ -192,8 +192,8 @@ class BatchAugment:
       flip    p = 0.5 per image, one torch.where over the batch.
       jitter  brightness, contrast and saturation factors and a hue shift per image, applied to the
               whole batch as broadcast arithmetic.
-    Differences from the per-image pipeline (none changes what is learned in kind; see the README,
-    "Performance"): arithmetic stays float32 (the CPU path rounds to uint8 after the resize and after
+    Differences from the per-image pipeline (none changes what is learned in kind; docs/performance.md,
+    Device cache): arithmetic stays float32 (the CPU path rounds to uint8 after the resize and after
     each jitter step), and the order of the four jitter steps is drawn per batch, where ColorJitter
     draws it per image. Each jitter step on its own equals torchvision's F.adjust_* on float images.
     Written by hand: torchvision's v2 transforms draw one set of parameters per call, so applied to a
