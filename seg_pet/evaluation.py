@@ -87,7 +87,7 @@ def evaluate_batches(
 
     When targets are larger than the model input (native-resolution evaluation), logits are
     resized bilinearly to the target size before the argmax. Native-resolution batches carry
-    a list of masks of differing sizes (data.collate_native): each image is scored at its own
+    a list of masks of differing sizes (data.loaders.collate_native): each image is scored at its own
     size, and the batch loss is the mean of the per-image losses. `tta` (seg_pet.tta): the logits
     are averaged over flipped / rescaled passes before all of this; "none" is one plain pass.
 

@@ -13,14 +13,10 @@ TorchScript exporter, opset 17, is the fallback when that fails for an architect
     divide by 255, run, resize the logits back to the image size (bilinear), argmax over C.
 
 Verification (before anything is written): onnxruntime (CPUExecutionProvider) and torch run the
-same images (by default the first 3 validation images of the run's data.root; random images with
-a note when the data is not there) at three input sizes: image_size x image_size, 1.5 x image_size
-(rounded to a multiple of 32) square, and image_size x 2 image_size, in one batch each, plus a batch
-of one. It fails (exit code 1, nothing written) when the largest absolute logit difference exceeds
-ATOL x max(1, largest |logit|), ATOL = 1e-3 (float32 rounding grows with the logits' magnitude: a
-32 px toy model measured 6e-5 at |logit| <= 5 and 2e-3 at |logit| <= 26, both ~1e-4 relative), or
-when the argmax differs on more than MAX_MISMATCH = 1e-4 of the pixels. The measured numbers go
-into the sidecar.
+same images at three input sizes plus a batch of one. It fails (exit code 1, nothing written) when the
+largest absolute logit difference exceeds ATOL x max(1, largest |logit|) (float32 rounding grows with
+the logits), or when the argmax differs on more than MAX_MISMATCH of the pixels. The measured numbers
+go into the sidecar; docs/use_your_model.md, ONNX export, has the details.
 """
 
 from __future__ import annotations

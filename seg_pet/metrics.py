@@ -51,9 +51,6 @@ class ConfusionMatrix:
         counts = torch.bincount(t * n + p, minlength=n * n)
         self.mat += counts.reshape(n, n).cpu()
 
-    def reset(self) -> None:
-        self.mat.zero_()
-
 
 def _div(num: float, den: float) -> float:
     return num / den if den > 0 else math.nan

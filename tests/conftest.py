@@ -23,6 +23,24 @@ requires_pet = pytest.mark.skipif(
 )
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Under pytest-xdist (`--dist loadgroup`, set in pyproject.toml) the tests of a file that share a
+    module-scoped fixture run in one worker, so the fixture (often a trained run) is built once; the other
+    tests are spread one by one. A file can name its own group with `pytest.mark.xdist_group`."""
+    for item in items:
+        if item.get_closest_marker("xdist_group") is not None:
+            continue
+        fixtures = getattr(item, "_fixtureinfo", None)  # pytest's own record of the fixtures a test uses
+        if fixtures is None or any(chain and chain[-1].scope == "module" for chain in fixtures.name2fixturedefs.values()):
+            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))
+
+
+# Smaller than the usual tiny setting (resnet18, 170 MB checkpoints): a 0.9 M-parameter LinkNet, 10 MB
+# checkpoints, for tests that write many checkpoints and do not care which model it is.
+SMALL_MODEL = {"model.arch": "linknet", "model.encoder": "timm-mobilenetv3_small_minimal_100"}
+
+
 def tiny_overrides(output_dir: Path, name: str = "run", *, real: bool = True, data_root: Path | None = None, **extra) -> list[str]:
     """--set overrides for a CPU run that takes seconds: 32 px, resnet18, random init, few steps."""
     sets = {

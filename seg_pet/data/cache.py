@@ -1,36 +1,18 @@
-"""Decoded-image cache (`data.cache: none | memory | disk | device`): decode every image once (and resize once for evaluation).
+"""Decoded-image cache (`data.cache: none | memory | disk | device`): decode every image once.
 
-What is stored, per dataset, is `dataset.prepare(*dataset.load(i))` for every image i, as uint8:
-    train       the decoded original, not resized: random crop, flip and jitter then see exactly
-                the pixels they would see without a cache (a shrunk copy measurably changed
-                results, see transforms.CacheResize);
-    val         image_size x image_size, exactly the first step of eval_transforms, which then
-                has nothing left to resize: cached evaluation is bit-identical to uncached;
-    native      (eval.native_resolution) image at image_size, trimap at its original size.
-So a memory or disk cache changes no sample: with the same seeds and worker count, every batch of training
-and evaluation is bit-identical with and without it (tests/test_cache.py).
+Stores `dataset.prepare(*dataset.load(i))` for every image, as uint8 (see transforms.CacheResize), so a
+memory or disk cache changes no sample: every batch is bit-identical with and without it.
 
-memory  built once in the main process (decoding spread over DataLoader workers) before any
-        training loader exists. The per-epoch loader workers are forked from the main process
-        and read the same pages copy-on-write; the tensor data is never written, so nothing is
-        copied and nothing is rebuilt per worker or per epoch.
-disk    the same tensors in one file per dataset, `<data.root>/.seg_pet_cache/<name>.pt`, or
-        `<run folder>/cache/` when data.root is read-only (nothing is written anywhere else).
-        The file name holds a hash of the cached step (validation: its resize size) and of every
-        source file's path, size and mtime, so a changed image or trimap, or a new image_size
-        for validation, selects a new file and the cache is rebuilt. Files are written atomically and loaded with mmap, so workers share
-        the OS page cache. Old files are never deleted automatically: removing the folder is
-        always safe.
+memory  built once in the main process (decoding spread over DataLoader workers); the per-epoch workers
+        are forked and read it copy-on-write.
+disk    the same tensors in one file per dataset under `<data.root>/.seg_pet_cache/`, or the run
+        folder's `cache/` when data.root is read-only; the file name hashes the cached step and every
+        source file's path, size and mtime, so a changed input selects a new file.
+device  the memory cache moved once to the training device; batches are cut from it with no DataLoader
+        (DeviceBatches), training batches augmented whole on the device (transforms.BatchAugment).
 
-device  the memory cache moved to the training device (a GPU) once, with the trimaps already
-        remapped to class labels; the host copy is then released. Batches are cut from it in the
-        main process with no DataLoader at all (DeviceBatches): training batches are augmented
-        on the device, whole batches at once (transforms.BatchAugment), validation batches are
-        slices of one stacked tensor. Not bit-identical to the other modes (float arithmetic, the
-        jitter order drawn per batch, see BatchAugment); the same distributions.
-
-The test split is never cached: it is read once per run.
-Written by hand: neither torch nor torchvision has a decoded-dataset cache.
+The test split is never cached: it is read once per run. Written by hand: neither torch nor torchvision
+has a decoded-dataset cache. What each mode costs and gives: docs/performance.md.
 """
 
 from __future__ import annotations

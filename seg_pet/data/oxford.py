@@ -33,11 +33,6 @@ from seg_pet.runtime.paths import check_input
 PET_URL = "https://www.robots.ox.ac.uk/~vgg/data/pets/"
 
 
-def remap_trimap(trimap: torch.Tensor, border: str) -> torch.Tensor:
-    """Trimap (uint8, values 1..3) -> int64 class indices 0..C-1 (or IGNORE_INDEX)."""
-    return torch.from_numpy(trimap_lut(border))[trimap.long()]
-
-
 @dataclass(frozen=True)
 class SplitFiles:
     """One split of a dataset on disk: parallel lists of image and trimap paths, and a group label per
@@ -167,9 +162,9 @@ class PetSegmentation(Dataset):
     """Some images of one official split, with joint transforms; yields (image float (3,H,W), mask int64 (H,W)).
 
     `indices` select from the split (used to carve validation out of trainval).
-    `prepare` is the deterministic resize a decoded-image cache stores (seg_pet.cache); it is applied
+    `prepare` is the deterministic resize a decoded-image cache stores (seg_pet.data.cache); it is applied
     only when `cache` is set, which holds prepare(load(i)) for every i. `native_masks`: the masks keep
-    their original size (native-resolution evaluation), so batches need `collate_native`.
+    their original size (native-resolution evaluation), so batches need `data.loaders.collate_native`.
     """
 
     def __init__(
@@ -190,7 +185,7 @@ class PetSegmentation(Dataset):
         self.lut = torch.from_numpy(trimap_lut(border))
         self.prepare = prepare
         self.native_masks = native_masks
-        self.cache: Optional[list[tuple[torch.Tensor, torch.Tensor]]] = None  # set by seg_pet.cache.attach_cache
+        self.cache: Optional[list[tuple[torch.Tensor, torch.Tensor]]] = None  # set by seg_pet.data.cache.attach_cache
 
     def __len__(self) -> int:
         return len(self.images)
@@ -250,7 +245,7 @@ def train_val_datasets(trainval: SplitFiles, cfg: Config, check_files: bool = Tr
     size, border = cfg.data.image_size, cfg.data.border
     if cfg.data.augment:
         train = PetSegmentation(
-            trainval, train_idx, border, train_transforms(size, cfg.data.crop_scale, cfg.data.rotation), prepare=train_cache_resize(size)
+            trainval, train_idx, border, train_transforms(size, cfg.data.crop_scale, cfg.data.rotation), prepare=train_cache_resize()
         )
     else:  # data.augment: false: resized like validation images, nothing random
         train = PetSegmentation(trainval, train_idx, border, eval_transforms(size), prepare=eval_cache_resize(size))

@@ -79,12 +79,10 @@ def denormalize(image: torch.Tensor) -> np.ndarray:
 
 @dataclass(frozen=True)
 class CacheResize:
-    """The deterministic step a decoded-image cache (seg_pet.cache) stores; its repr is part of the cache key.
+    """The deterministic step a decoded-image cache (seg_pet.data.cache) stores; its repr is part of the cache key.
 
     mode "original":     no resize (training). The random crop then cuts from exactly the pixels it
                          would cut from without a cache, so cached training is bit-identical too.
-                         A shrunk copy (shorter side 1.15x or 1.95x image_size) saved memory but
-                         lowered test mIoU in 8 of 8 short runs (docs: Performance).
     mode "square":       `size` x `size`, exactly the first step of eval_transforms, which then finds
                          the image already at size and returns it unchanged (bit-identical evaluation);
     mode "square-image": as "square" for the image, the trimap untouched (native-resolution evaluation).
@@ -105,7 +103,7 @@ class CacheResize:
         raise ValueError(f"unknown CacheResize mode {self.mode!r}")
 
 
-def train_cache_resize(size: int) -> CacheResize:
+def train_cache_resize() -> CacheResize:
     return CacheResize(None, "original")
 
 
@@ -194,8 +192,8 @@ class BatchAugment:
       flip    p = 0.5 per image, one torch.where over the batch.
       jitter  brightness, contrast and saturation factors and a hue shift per image, applied to the
               whole batch as broadcast arithmetic.
-    Differences from the per-image pipeline (none changes what is learned in kind; see the README,
-    "Performance"): arithmetic stays float32 (the CPU path rounds to uint8 after the resize and after
+    Differences from the per-image pipeline (none changes what is learned in kind; docs/performance.md,
+    Device cache): arithmetic stays float32 (the CPU path rounds to uint8 after the resize and after
     each jitter step), and the order of the four jitter steps is drawn per batch, where ColorJitter
     draws it per image. Each jitter step on its own equals torchvision's F.adjust_* on float images.
     Written by hand: torchvision's v2 transforms draw one set of parameters per call, so applied to a

@@ -59,7 +59,7 @@ def run_doctor(cfg: Any, *, out: Optional[Path] = None, log: Callable[[str], Non
     log = log if is_main() else (lambda line: None)
     threads = torch.get_num_threads()
     # The doctor's tensors are small: on CPU one intra-op thread is fast enough and, on a machine whose
-    # cores are shared, avoids OpenMP threads fighting for them (measured: 144 s with 2 threads, 10 s with 1).
+    # cores are shared, avoids OpenMP threads fighting for them (docs/performance.md, CPU figures).
     if device.type == "cpu":
         torch.set_num_threads(1)
     try:

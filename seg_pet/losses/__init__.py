@@ -8,21 +8,9 @@ weighted list of terms (WeightedSum).
     dice     the hand-written squared-denominator Dice, and the choice between the Dice forms
     weights  class weights from training-split pixel counts
 
-Behaviour of the smp losses used here, read from smp 0.6.0's source and pinned by tests:
-  * DiceLoss / JaccardLoss / TverskyLoss (mode="multiclass", ignore_index given): ignored
-    pixels are zeroed in both prediction and one-hot target before the sums, so they add
-    nothing. Sums run over batch and pixels together (dims (0, 2)), smooth=0 and the
-    denominator is clamped to eps=1e-7. A class absent from the batch's (non-ignored)
-    target gets loss 0 -- so its false positives are not penalised -- yet still counts
-    in the divisor of the class mean. `classes` selects which per-class terms are averaged.
-  * FocalLoss(mode="multiclass") is NOT the softmax focal loss: it is a one-vs-rest
-    *sigmoid* binary focal loss per class channel, mean over non-ignored pixels, then
-    mean (or class-weighted mean) over channels. At gamma=0 it is per-channel BCE, not
-    CE, and its minimum needs every non-target logit -> -inf, not just below the target's.
-  * LovaszLoss(mode="multiclass") drops ignored pixels and averages over the classes
-    present in the batch.
-  * With every pixel ignored, torch CE and smp focal return NaN and smp Lovasz an empty
-    tensor; `build_loss` therefore returns 0 (zero gradient) for such a batch.
+The smp losses' own behaviour (absent classes, sigmoid focal, all pixels ignored) is pinned by
+tests/unit/test_losses.py and described in docs/losses_and_metrics.md. With every pixel ignored
+`build_loss` returns 0 (zero gradient), where torch CE and smp focal would give NaN.
 """
 
 from __future__ import annotations

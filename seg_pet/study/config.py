@@ -158,11 +158,6 @@ def class_names_for(source: str) -> list[str]:
     return class_names("class")
 
 
-def focus_class(source: str) -> str:
-    """The class reported as fg_iou / fg_dice: the toy foreground, or the Pet border (the minority)."""
-    return TOY_CLASSES[FOREGROUND_ID] if source == "toy" else PET_FOCUS
-
-
 def validate_study(cfg: StudyConfig) -> None:
     """Rules beyond one key's type and range. Each error names its key."""
 

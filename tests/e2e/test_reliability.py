@@ -25,7 +25,7 @@ from seg_pet.runtime.errors import CheckpointError
 from seg_pet.runtime.fileio import atomic_write, remove_partial_files, to_jsonable
 from seg_pet.training.rundir import create_run_dir, discard_replaced_runs, repair_best_checkpoint
 from seg_pet.training.train import train
-from tests.conftest import REPO, set_args, tiny_overrides
+from tests.conftest import REPO, SMALL_MODEL, set_args, tiny_overrides
 
 EPOCHS = 4
 
@@ -38,6 +38,7 @@ def data_root(tmp_path_factory) -> Path:
 
 def overrides(out: Path, name: str, data_root: Path, **extra) -> list[str]:
     sets = {
+        **SMALL_MODEL,  # these tests write many checkpoints
         "data.synthetic_images": 16,
         "data.batch_size": 4,
         "train.overlays": 1,

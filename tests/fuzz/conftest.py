@@ -24,7 +24,7 @@ from hypothesis import HealthCheck, Phase, settings
 
 from seg_pet.cli import main
 from seg_pet.data.synthetic import MARKER_NAME, make_synthetic_dataset
-from tests.conftest import set_args, tiny_overrides
+from tests.conftest import SMALL_MODEL, set_args, tiny_overrides
 
 # Example counts are fixed and the examples derandomised, so CI runs the same cases every time.
 # SEG_PET_FUZZ_SCALE=10 runs ten times as many; SEG_PET_FUZZ_RANDOM=1 draws new ones on each run.
@@ -46,8 +46,6 @@ def fuzz_settings(max_examples: int) -> settings:
     )
 
 
-# Smaller than the usual tiny setting (resnet18, 170 MB checkpoints): a 0.9 M-parameter LinkNet, 10 MB checkpoints.
-SMALL_MODEL = {"model.arch": "linknet", "model.encoder": "timm-mobilenetv3_small_minimal_100"}
 DATA_IMAGES = 16
 
 

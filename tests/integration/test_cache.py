@@ -1,4 +1,4 @@
-"""Decoded-image cache (seg_pet.cache) and native-resolution evaluation."""
+"""Decoded-image cache (seg_pet.data.cache) and native-resolution evaluation."""
 
 from __future__ import annotations
 

@@ -19,7 +19,7 @@ from seg_pet.export import MAX_MISMATCH, ONNX_OPSET, logit_tolerance, unit_batch
 from seg_pet.predict import Predictor, load_rgb
 from tests.conftest import requires_pet, trained_tiny_run
 
-pytestmark = requires_pet
+pytestmark = [requires_pet, pytest.mark.xdist_group("tiny_shared_run")]  # one worker trains the shared run once
 
 
 @pytest.fixture(scope="module")

@@ -24,7 +24,7 @@ from seg_pet.tta import TTA_MODES, tta_logits
 from seg_pet.viz import colorize
 from tests.conftest import requires_pet, trained_tiny_run
 
-pytestmark = requires_pet
+pytestmark = [requires_pet, pytest.mark.xdist_group("tiny_shared_run")]  # one worker trains the shared run once
 
 
 @pytest.fixture(scope="module")

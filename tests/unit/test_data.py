@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,7 +12,7 @@ from torchvision import tv_tensors
 
 from seg_pet.config import load_config
 from seg_pet.data.loaders import count_pixels
-from seg_pet.data.oxford import open_split, read_image, remap_trimap, stratified_split
+from seg_pet.data.oxford import PetSegmentation, SplitFiles, open_split, read_image, stratified_split
 from seg_pet.data.sources import build_datasets, build_test_dataset
 from seg_pet.data.transforms import BatchAugment, denormalize, eval_transforms, train_transforms
 from seg_pet.labels import IGNORE_INDEX, class_names
@@ -19,6 +20,11 @@ from seg_pet.runtime.errors import DataError
 from tests.conftest import PET_DIR, SHARED_DATA, requires_pet, tiny_overrides
 
 TRIMAP = torch.tensor([[1, 2, 3], [3, 2, 1]], dtype=torch.uint8)
+
+
+def remap_trimap(trimap: torch.Tensor, border: str) -> torch.Tensor:
+    """The dataset's own remap: the label lookup PetSegmentation applies to every trimap it yields."""
+    return PetSegmentation(SplitFiles("none", Path("none.txt"), [], [], []), [], border).lut[trimap.long()]
 
 
 @pytest.mark.parametrize(
@@ -66,7 +72,7 @@ def test_rotation_leaves_the_uncovered_corners_out_of_the_loss():
     torch.manual_seed(0)
     image = tv_tensors.Image(torch.full((3, 64, 64), 200, dtype=torch.uint8))
     trimap = tv_tensors.Mask(torch.full((64, 64), 2, dtype=torch.uint8))  # all background
-    lut = torch.from_numpy(np.asarray(remap_trimap(torch.arange(4, dtype=torch.uint8), "class")))
+    lut = remap_trimap(torch.arange(256, dtype=torch.uint8), "class")
     rotated = 0
     for _ in range(8):
         _, mask = train_transforms(64, (1.0, 1.0), rotation=45.0)(image, trimap)

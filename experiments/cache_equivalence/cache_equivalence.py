@@ -6,7 +6,7 @@ so those runs must agree exactly. With device the training batches come from Bat
 arithmetic, a different draw order), so runs differ sample by sample and should agree within the
 seed-to-seed spread.
 
-    python scripts/cache_equivalence.py --data-root ../shared/data --caches memory device --out outputs/benchmark/cache_equivalence.json
+    python experiments/cache_equivalence/cache_equivalence.py --data-root ../shared/data --caches memory device --out outputs/benchmark/cache_equivalence.json
 """
 
 from __future__ import annotations

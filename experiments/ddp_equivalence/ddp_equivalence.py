@@ -2,7 +2,7 @@
 
 Run under torchrun with 2 CPU processes (gloo):
 
-    OMP_NUM_THREADS=1 torchrun --standalone --nproc-per-node 2 scripts/ddp_equivalence.py --data-root /tmp/ddp_eq
+    OMP_NUM_THREADS=1 torchrun --standalone --nproc-per-node 2 experiments/ddp_equivalence/ddp_equivalence.py --data-root /tmp/ddp_eq
 
 Four SGD steps of the U-Net (resnet18, random init, 32 px) on the same 8 synthetic images per step,
 with the training code's own pieces (build_model, data_parallel, global_batch_norm, make_loader),

@@ -1,7 +1,7 @@
 """Train the same model with every loss on the real slice and tabulate val mIoU and border IoU.
 
-    python scripts/compare_losses.py                      # defaults: ../shared/data, 64 px, 15 epochs
-    python scripts/compare_losses.py --epochs 30 --image-size 128 --losses ce wce dice
+    python experiments/compare_losses/compare_losses.py                      # defaults: ../shared/data, 64 px, 15 epochs
+    python experiments/compare_losses/compare_losses.py --epochs 30 --image-size 128 --losses ce wce dice
 
 Each loss gets its own run folder under --out (default outputs/loss_comparison/) trained by
 `seg_pet.training.train.train` with identical settings and seed; the table reports the best epoch's
@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 from seg_pet.config import LOSSES, config_to_dict, load_config  # noqa: E402

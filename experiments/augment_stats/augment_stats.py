@@ -7,7 +7,7 @@ with and without colour jitter, and prints the mean of the normalised pixels, th
 per-image standard deviation, and the class fractions of the labels. A difference in the mean
 is given in grey levels (0..255) too.
 
-    python scripts/augment_stats.py --data-root ../shared/data
+    python experiments/augment_stats/augment_stats.py --data-root ../shared/data
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ per epoch, built as `train` builds it (so each epoch pays its worker start), plu
 pass (evaluation.evaluate_batches). A linear fit per image size, epoch_s = start + per_image * images,
 separates the fixed per-epoch cost from the per-image cost.
 
-    python scripts/epoch_scaling.py --data-root /work/shared/data --out outputs/benchmark/epoch_scaling.json
+    python experiments/epoch_scaling/epoch_scaling.py --data-root /work/shared/data --out outputs/benchmark/epoch_scaling.json
 """
 
 from __future__ import annotations
@@ -147,7 +147,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             "cache": args.cache,
             "torch_threads": torch.get_num_threads(),
             "torch": torch.__version__,
-            "command": "python scripts/epoch_scaling.py " + " ".join(sys.argv[1:] if argv is None else argv),
+            "command": "python experiments/epoch_scaling/epoch_scaling.py " + " ".join(sys.argv[1:] if argv is None else argv),
         },
         "rows": rows,
         "fits": fits,
