@@ -77,6 +77,8 @@ def train(
     stop_after_epoch: Optional[int] = None,
     dry_run: bool = False,
     log: Callable[[str], None] = print,
+    on_epoch: Optional[Callable[[dict], None]] = None,
+    test: bool = True,
 ) -> dict[str, Any]:
     """Train, validate every epoch, keep best/last checkpoints, then evaluate best.pt on test once.
 
@@ -84,6 +86,8 @@ def train(
     `--resume` continues exactly where it stopped, with the schedule of the full `optim.epochs`.
     Returns the test metrics ({} when stopped early). Raises SegPetError (bad input),
     TrainingDiverged, Interrupted. `dry_run`: every check up to here, then return {} having written nothing.
+    `on_epoch(row)`: called in every process once an epoch's metrics row is complete and its checkpoints
+    saved; what it raises propagates unchanged. `test=False`: the test split is never read (returns {}).
     """
     run_dir = cfg.run_dir
     check_run_dir(run_dir, resume, overwrite)
@@ -93,7 +97,7 @@ def train(
     resume_state = load_resume_state(run_dir, cfg, stop_after_epoch) if resume else None
     names = class_names(cfg.data.border)
     datasets = build_datasets(cfg)
-    test_set = build_test_dataset(cfg)  # file checks only: no test pixel is read until the end
+    test_set = build_test_dataset(cfg) if test else None  # file checks only: no test pixel is read until the end
     join_process_group(runtime.device, cfg.train.dist_timeout)  # under torchrun; nothing otherwise
     master_process = is_main()
     log = log if master_process else quiet
@@ -167,6 +171,8 @@ def train(
                     log(console_line(record.row(), cfg.optim.epochs) + ("  *best*" if improved and cfg.train.select == "best_val" else ""))
                     for warning in record.warnings:
                         log(f"  WARNING: {warning}")
+                if on_epoch is not None:
+                    on_epoch(progress.rows[-1])
                 if signum := agreed_signal(stop.signum):  # arrived during validation or saving: this epoch is complete
                     raise Interrupted(signum, f"after epoch {epoch}; {saved_note(run_dir, epoch)}")
                 if stop_after_epoch is not None and stop_after_epoch <= epoch < cfg.optim.epochs:
@@ -186,6 +192,8 @@ def train(
             if run_folder is not None and not progress.rows and is_input_error(exc):
                 run_folder.abandon()
             raise
+    if test_set is None:
+        return {}
     return test_once(setup.model, test_set, cfg, runtime, names, log)
 
 
