@@ -102,7 +102,7 @@ def summary_markdown(study, rows: list[dict[str, Any]], space: Space, out: Path,
 
 
 def save_plots(study, out: Path) -> list[str]:
-    """history.png always; importances.png when at least two trials completed with varied values. Notes on what was left out."""
+    """history.png once a trial completed, importances.png once two did. Notes on what was left out."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -112,11 +112,16 @@ def save_plots(study, out: Path) -> list[str]:
 
     notes = []
     complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-    plots = {"history.png": ovm.plot_optimization_history}
+    plots = {}
+    if complete:
+        plots["history.png"] = ovm.plot_optimization_history
     if len(complete) >= 2:
         plots["importances.png"] = ovm.plot_param_importances
     else:
-        notes.append(f"importances.png needs at least 2 complete trials ({len(complete)} so far)")
+        notes.append(
+            f"importances.png needs at least 2 complete trials ({len(complete)} so far)"
+            + ("; history.png at least 1" if not complete else "")
+        )
     for name, plot in plots.items():
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # ExperimentalWarning

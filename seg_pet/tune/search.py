@@ -141,9 +141,12 @@ def build_sampler(space: Space, seed: int):
         return optuna.samplers.TPESampler(seed=seed, n_startup_trials=space.startup_trials, constant_liar=True)
 
 
+# name -> builder. Steps are epochs counted from 1, and Optuna prunes from step n_warmup_steps on: hence the + 1.
 PRUNERS: dict[str, Callable[[dict[str, Any]], Any]] = {
-    "median": lambda o: require_optuna().pruners.MedianPruner(n_startup_trials=o["startup_trials"], n_warmup_steps=o["warmup_epochs"]),
-    "threshold": lambda o: require_optuna().pruners.ThresholdPruner(lower=o["lower"], upper=o["upper"], n_warmup_steps=o["warmup_epochs"]),
+    "median": lambda o: require_optuna().pruners.MedianPruner(n_startup_trials=o["startup_trials"], n_warmup_steps=o["warmup_epochs"] + 1),
+    "threshold": lambda o: require_optuna().pruners.ThresholdPruner(
+        lower=o["lower"], upper=o["upper"], n_warmup_steps=o["warmup_epochs"] + 1
+    ),
     "none": lambda o: require_optuna().pruners.NopPruner(),
 }
 
