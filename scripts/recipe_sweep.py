@@ -1,11 +1,16 @@
-"""The recipe sweep: seg_pet variants and the plain baseline (scripts/baseline.py), several seeds each.
+"""The recipe sweep: finished seg_pet configurations against the plain baseline (scripts/baseline.py), several seeds each, on test.
 
-Every (variant, seed) is one finished configuration: it trains, then reads the test split once
-(seg_pet: the checkpoint its config selects; the baseline: its last weights). Nothing here chooses
-anything on the test split: `--select-on val` ranks the held-out-validation variants by their
-validation mIoU, and the test columns are reported, never used to pick.
+Searching for a recipe is `python -m seg_pet tune`'s job (docs/tune.md): it varies config keys with
+Optuna on validation only. This script is the step after: every (variant, seed) is one finished
+configuration that trains, then reads the test split once (seg_pet: the checkpoint its config
+selects; the baseline: its last weights), with its wall time, beside the baseline at the same image
+size and epochs. `--config-variant tuned=OUT/best.yaml` adds a config file, such as tune's best.yaml,
+as a variant. The one-change VARIANTS below are the hand-written sweep behind docs/recipe.md's table,
+kept so that table can be rerun; new choices are searched with tune. Nothing here chooses anything on
+the test split: the `val` columns are what choices are made on, the test columns are reported.
 
     python scripts/recipe_sweep.py --out outputs/recipe_sweep/64px --image-size 64 --epochs 20 --seeds 0 1 2 --jobs 2
+    python scripts/recipe_sweep.py --out outputs/recipe_sweep/tuned --variants baseline shipped --config-variant tuned=outputs/tune_slice/best.yaml
 
 A run whose test_metrics.json exists is reused, so an interrupted sweep continues where it stopped
 (delete OUT/VARIANT to rerun one). Writes OUT/results.csv (one row per run), OUT/summary.md (mean ± sd
@@ -86,7 +91,7 @@ ALL = {"baseline": "scripts/baseline.py", **{k: v[0] for k, v in VARIANTS.items(
 
 
 def variant_overrides(name: str) -> dict:
-    extra = VARIANTS[name][1]
+    extra = VARIANTS.get(name, ("", None))[1]  # a --config-variant: its file as it is
     return {} if extra is None else {**BEFORE, **extra}
 
 
@@ -103,7 +108,8 @@ def seg_pet_command(args: argparse.Namespace, variant: str, seed: int, out: Path
         "data.cache": "memory",  # decoded once; training is bit-identical to reading the files (docs/performance.md)
         **({"train.max_steps_per_epoch": args.max_steps} if args.max_steps else {}),
     }
-    cmd = [sys.executable, "-m", "seg_pet", "train", "--config", str(REPO / "configs" / "pet_slice_cpu.yaml")]
+    config = args.config_variants.get(variant, REPO / "configs" / "pet_slice_cpu.yaml")
+    cmd = [sys.executable, "-m", "seg_pet", "train", "--config", str(config)]
     for key, value in sets.items():
         cmd += ["--set", f"{key}={json.dumps(value)}"]
     return cmd
@@ -218,7 +224,7 @@ def markdown(summary: list[dict], args: argparse.Namespace) -> str:
         "|---|---|---|---|---|---|---|---|",
     ]
     for e in summary:
-        what = "scripts/baseline.py" if e["variant"] == "baseline" else ALL[e["variant"]]
+        what = "scripts/baseline.py" if e["variant"] == "baseline" else ALL.get(e["variant"]) or f"`{args.config_variants[e['variant']]}`"
         delta = "" if e["variant"] == "baseline" else f"{e['vs_baseline']:+.3f}"
         wall = "n/a" if math.isnan(e["wall_s"][0]) else f"{e['wall_s'][0]:.0f}"
         lines.append(
@@ -258,7 +264,23 @@ def main() -> None:
     p.add_argument("--jobs", type=int, default=1, help="runs at once")
     p.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS of each run")
     p.add_argument("--max-steps", type=int, default=None, help="cap on steps per epoch (tests)")
+    p.add_argument(
+        "--config-variant",
+        action="append",
+        default=[],
+        metavar="NAME=FILE",
+        help="also train this config file as variant NAME (e.g. tuned=outputs/tune_slice/best.yaml); repeatable",
+    )
     args = p.parse_args()
+    args.config_variants = {}
+    for item in args.config_variant:
+        name, sep, file = item.partition("=")
+        if not sep or not name or not file or name in ALL or name in args.config_variants or "/" in name:
+            p.error(f"--config-variant {item!r}: expected NAME=FILE with a new variant name")
+        if not Path(file).is_file():
+            p.error(f"--config-variant {name}: no such file {file}")
+        args.config_variants[name] = Path(file).resolve()
+        args.variants.append(name)
     if len(args.seeds) < 2:
         p.error("--seeds: give at least two seeds, the spread is part of the result")
     args.out.mkdir(parents=True, exist_ok=True)

@@ -34,6 +34,7 @@ def train(
     dry_run: bool = False,
     log: Callable[[str], None] = print,
     on_epoch: Optional[Callable[[dict[str, Any]], None]] = None,
+    test: bool = True,
 ) -> dict[str, Any]:
     """Train, validate every epoch, keep best/last checkpoints, then evaluate best.pt on test once.
 
@@ -43,6 +44,7 @@ def train(
     checkpoints are saved; what it raises propagates, the run folder kept as it is. Returns the
     test metrics ({} when stopped early). Raises SegPetError (bad input), TrainingDiverged,
     Interrupted. `dry_run`: every check up to here, then return {} having written nothing.
+    `test=False`: the test split is never read (returns {}).
     """
     paths = RunPaths(cfg.run_dir)
     check_run_dir(paths.root, resume, overwrite)
@@ -52,7 +54,7 @@ def train(
     resume_state = load_resume_state(cfg, stop_after_epoch) if resume else None
     names = class_names(cfg.data.border)
     datasets = build_datasets(cfg)
-    test_set = build_test_dataset(cfg)  # file checks only: no test pixel is read until the end
+    test_set = build_test_dataset(cfg) if test else None  # file checks only: no test pixel is read until the end
     join_process_group(runtime.device, cfg.train.dist_timeout)  # under torchrun; nothing otherwise
     log = log if is_main() else quiet
     setup = build_setup(cfg, names, runtime, datasets["train"], resume_state, log)
@@ -78,6 +80,8 @@ def train(
                     f"stopped after epoch {epoch} as asked (--stop-after-epoch {stop_after_epoch}); continue with: {resume_command(paths.root)}"
                 )
                 return {}
+    if test_set is None:
+        return {}
     return test_once(setup.model, test_set, cfg, runtime, names, log)
 
 

@@ -49,3 +49,25 @@ def test_sweep_trains_scores_summarises_and_reuses_runs(tmp_path) -> None:
 def test_an_evaluation_variant_needs_its_trained_variant(tmp_path) -> None:
     done = sweep(tmp_path / "sweep", "tta_hflip")
     assert done.returncode == 2 and "also name before" in done.stderr
+
+
+@requires_pet
+def test_a_config_file_is_a_variant(tmp_path) -> None:
+    tuned = tmp_path / "best.yaml"  # e.g. tune's best.yaml: trained as it is, at the sweep's size, epochs and seeds
+    tuned.write_text(
+        (REPO / "configs" / "pet_slice_cpu.yaml")
+        .read_text()
+        .replace("name: ce_dice", "name: focal")
+        .replace("warmup_epochs: 1 ", "warmup_epochs: 0 ")
+    )
+    out = tmp_path / "sweep"
+    done = sweep(out, "before", "--config-variant", f"tuned={tuned}")
+    assert done.returncode == 0, done.stderr[-2000:]
+    with (out / "results.csv").open() as f:
+        assert sorted((r["variant"], r["seed"]) for r in csv.DictReader(f)) == [(v, s) for v in ("before", "tuned") for s in ("0", "1")]
+    for seed in (0, 1):
+        config = (out / "tuned" / f"seed{seed}" / "config.yaml").read_text()
+        assert "name: focal" in config and "image_size: 32" in config
+    assert f"| tuned | `{tuned}` |" in (out / "summary.md").read_text()
+    bad = sweep(tmp_path / "bad", "before", "--config-variant", "before=x.yaml")
+    assert bad.returncode == 2 and "new variant name" in bad.stderr
