@@ -6,7 +6,7 @@ What is stored, per dataset, is `dataset.prepare(*dataset.load(i))` for every im
                 results, see transforms.CacheResize);
     val         image_size x image_size, exactly the first step of eval_transforms, which then
                 has nothing left to resize: cached evaluation is bit-identical to uncached;
-    native      (eval.native_resolution) image at image_size, trimap at its original size.
+    native      (eval.native_resolution) image at image_size, mask at its original size.
 So a memory or disk cache changes no sample: with the same seeds and worker count, every batch of training
 and evaluation is bit-identical with and without it (tests/test_cache.py).
 
@@ -17,13 +17,13 @@ memory  built once in the main process (decoding spread over DataLoader workers)
 disk    the same tensors in one file per dataset, `<data.root>/.seg_pet_cache/<name>.pt`, or
         `<run folder>/cache/` when data.root is read-only (nothing is written anywhere else).
         The file name holds a hash of the cached step (validation: its resize size) and of every
-        source file's path, size and mtime, so a changed image or trimap, or a new image_size
+        source file's path, size and mtime, so a changed image or mask, or a new image_size
         for validation, selects a new file and the cache is rebuilt. Files are written atomically and loaded with mmap, so workers share
         the OS page cache. Old files are never deleted automatically: removing the folder is
         always safe.
 
-device  the memory cache moved to the training device (a GPU) once, with the trimaps already
-        remapped to class labels; the host copy is then released. Batches are cut from it in the
+device  the memory cache moved to the training device (a GPU) once, with the masks already
+        mapped to class labels; the host copy is then released. Batches are cut from it in the
         main process with no DataLoader at all (DeviceBatches): training batches are augmented
         on the device, whole batches at once (transforms.BatchAugment), validation batches are
         slices of one stacked tensor. Not bit-identical to the other modes (float arithmetic, the
@@ -58,8 +58,11 @@ Entries = list[tuple[torch.Tensor, torch.Tensor]]
 def cache_key(dataset: Any) -> str:
     """Hash of the format, the resize setting, and each source file's path, size and mtime."""
     h = hashlib.sha256(f"seg_pet cache v{FORMAT_VERSION}\n{dataset.prepare!r}\n".encode())
-    for image, trimap in zip(dataset.images, dataset.trimaps):
-        for path in (Path(image), Path(trimap)):
+    spec = getattr(dataset, "spec", None)
+    if spec is not None and spec.coding == "color":  # colour masks are cached as class ids: the key holds the coding
+        h.update(f"{spec.coding}\t{spec.codes!r}\n".encode())
+    for image, mask in zip(dataset.images, dataset.masks):
+        for path in (Path(image), Path(mask)):
             try:
                 st = path.stat()
             except FileNotFoundError:
@@ -96,8 +99,8 @@ class _Prepared(Dataset):
         return len(self.dataset)
 
     def __getitem__(self, idx: int) -> tuple[torch.Tensor, torch.Tensor]:
-        image, trimap = self.dataset.prepare(*self.dataset.load(idx))
-        return image.as_subclass(torch.Tensor), trimap.as_subclass(torch.Tensor)
+        image, mask = self.dataset.prepare(*self.dataset.load(idx))
+        return image.as_subclass(torch.Tensor), mask.as_subclass(torch.Tensor)
 
 
 def _keep(t: torch.Tensor) -> torch.Tensor:
@@ -105,15 +108,15 @@ def _keep(t: torch.Tensor) -> torch.Tensor:
 
 
 def decode_all(dataset: Any, num_workers: int = 0) -> Entries:
-    """Every (image, trimap) decoded and resized once, in order; the work is spread over `num_workers`."""
+    """Every (image, mask) decoded and resized once, in order; the work is spread over `num_workers`."""
     loader = DataLoader(_Prepared(dataset), batch_size=None, shuffle=False, num_workers=num_workers, collate_fn=_keep)
     entries = []
-    for image, trimap in loader:
+    for image, mask in loader:
         if num_workers:
             # Tensors from workers live in shared-memory segments, one file descriptor each;
             # thousands of them exhaust the descriptor limit. A private copy releases them.
-            image, trimap = image.clone(), trimap.clone()
-        entries.append((image, trimap))
+            image, mask = image.clone(), mask.clone()
+        entries.append((image, mask))
     return entries
 
 
@@ -129,10 +132,10 @@ def _read_disk(path: Path, key: str, count: int) -> Optional[Entries]:
         return None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT_VERSION or payload.get("key") != key:
         return None
-    images, trimaps = payload.get("images"), payload.get("trimaps")
-    if not isinstance(images, list) or not isinstance(trimaps, list) or len(images) != count or len(trimaps) != count:
+    images, masks = payload.get("images"), payload.get("masks")
+    if not isinstance(images, list) or not isinstance(masks, list) or len(images) != count or len(masks) != count:
         return None
-    return list(zip(images, trimaps))
+    return list(zip(images, masks))
 
 
 def attach_cache(
@@ -177,7 +180,7 @@ def attach_cache(
             "prepare": repr(dataset.prepare),
             "files": [Path(p).name for p in dataset.images],
             "images": [image for image, _ in built],
-            "trimaps": [trimap for _, trimap in built],
+            "masks": [mask for _, mask in built],
         }
         with atomic_path(path) as tmp:
             torch.save(payload, tmp)
@@ -209,7 +212,7 @@ def cache_datasets(
 
 
 class DeviceCache:
-    """A dataset's memory cache on `device`: uint8 images and uint8 class labels (trimaps remapped once).
+    """A dataset's memory cache on `device`: uint8 images and uint8 class labels (mask codes mapped once).
 
     Validation entries all have the same size and are stacked into one tensor, so a batch is a slice;
     training entries are the originals (differing sizes) and stay a list for BatchAugment.
@@ -222,7 +225,7 @@ class DeviceCache:
             raise ValueError("DeviceCache needs the dataset's memory cache (attach_cache) first")
         lut = dataset.lut.to(torch.uint8)  # 0..C-1 and IGNORE_INDEX 255 all fit in uint8
         self.images = [image.to(device) for image, _ in dataset.cache]
-        self.labels = [lut[trimap.long()].to(device) for _, trimap in dataset.cache]
+        self.labels = [lut[mask.long()].to(device) for _, mask in dataset.cache]
         self.device, self.native_masks = device, dataset.native_masks
         dataset.cache = None
         self.stacked = len({tuple(image.shape) for image in self.images}) == 1

@@ -31,14 +31,13 @@ from torchvision import tv_tensors
 from torchvision.transforms.v2 import functional as F
 
 from seg_pet.checkpoint import load_checkpoint, load_model_weights, save_checkpoint
-from seg_pet.config import Config, dump_config
+from seg_pet.config import Config, dump_config, label_spec
 from seg_pet.data.cache import cache_datasets
 from seg_pet.data.loaders import epoch_train_loader, move_caches_to_device, val_loader_for
-from seg_pet.data.oxford import PetSegmentation
+from seg_pet.data.segmentation import SegmentationDataset
 from seg_pet.data.sources import build_datasets, build_test_dataset
 from seg_pet.data.transforms import denormalize
 from seg_pet.evaluation import evaluate_batches, evaluate_split, write_test_outputs
-from seg_pet.labels import class_names
 from seg_pet.metrics import compute_metrics, format_table
 from seg_pet.runtime.device import Runtime
 from seg_pet.runtime.distributed import (
@@ -91,7 +90,7 @@ def train(
     seed_everything(cfg.run.seed)
     runtime.apply_backend_flags()
     resume_state = load_resume_state(run_dir, cfg, stop_after_epoch) if resume else None
-    names = class_names(cfg.data.border)
+    names = list(label_spec(cfg.data).names)
     datasets = build_datasets(cfg)
     test_set = build_test_dataset(cfg)  # file checks only: no test pixel is read until the end
     join_process_group(runtime.device, cfg.train.dist_timeout)  # under torchrun; nothing otherwise
@@ -268,7 +267,7 @@ def saved_note(run_dir: Path, epoch: int) -> str:
 
 
 def test_once(
-    model, test_set: PetSegmentation, cfg: Config, runtime: Runtime, names: list[str], log: Callable[[str], None]
+    model, test_set: SegmentationDataset, cfg: Config, runtime: Runtime, names: list[str], log: Callable[[str], None]
 ) -> dict[str, Any]:
     """The test split is touched once: the best checkpoint, after the last epoch.
 
@@ -314,7 +313,7 @@ def overlay_indices(num_images: int, count: int) -> list[int]:
 
 
 @torch.inference_mode()
-def save_epoch_overlays(model, dataset: PetSegmentation, indices: list[int], folder: Path, runtime: Runtime, names: list[str]) -> None:
+def save_epoch_overlays(model, dataset: SegmentationDataset, indices: list[int], folder: Path, runtime: Runtime, names: list[str]) -> None:
     model.eval()
     for idx in indices:
         image, target = dataset[idx]
@@ -325,5 +324,6 @@ def save_epoch_overlays(model, dataset: PetSegmentation, indices: list[int], fol
         pred = logits.float().argmax(1)[0].cpu().numpy()
         rgb = denormalize(image)
         stem = dataset.name(idx)
-        save_overlay(folder / f"{stem}_overlay.png", rgb, pred)
-        save_panel(folder / f"{stem}_panel.png", rgb, target.numpy(), pred, names, title=f"{stem} ({folder.name})")
+        palette = dataset.spec.palette_array()
+        save_overlay(folder / f"{stem}_overlay.png", rgb, pred, len(names), palette)
+        save_panel(folder / f"{stem}_panel.png", rgb, target.numpy(), pred, names, title=f"{stem} ({folder.name})", palette=palette)

@@ -153,6 +153,6 @@ def test_torchvision_file_lists_are_read_through_one_adapter() -> None:
     raw = OxfordIIITPet(SHARED_DATA, split="trainval", target_types="segmentation")
     files = split_files(raw, "trainval")
     assert len(files) == len(raw) == 200
-    assert all(p.suffix == ".jpg" for p in files.images) and all(p.suffix == ".png" for p in files.trimaps)
+    assert all(p.suffix == ".jpg" for p in files.images) and all(p.suffix == ".png" for p in files.masks)
     assert files.list_file == SHARED_DATA / "oxford-iiit-pet" / "annotations" / "trainval.txt"
     assert sorted(set(files.groups)) == [0, 1]  # two breeds in the slice
