@@ -56,13 +56,12 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
-from seg_pet.config import load_config
+from seg_pet.config import label_spec, load_config
 from seg_pet.data.cache import DeviceCache, attach_cache
 from seg_pet.data.loaders import epoch_train_loader, move_caches_to_device, resolve_num_workers, usable_cpus, val_loader_for
 from seg_pet.data.sources import build_datasets
 from seg_pet.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from seg_pet.evaluation import evaluate_batches
-from seg_pet.labels import class_names
 from seg_pet.losses import build_loss
 from seg_pet.models import build_model
 from seg_pet.runtime.device import Runtime
@@ -339,7 +338,7 @@ def run_benchmark(args: argparse.Namespace, log: Callable[[str], None] = print) 
     if args.synthetic:
         overrides += ["data.source=synthetic", f"data.synthetic_images={args.synthetic}"]
     cfg = load_config(None, overrides)
-    names = class_names(cfg.data.border)
+    names = list(label_spec(cfg.data).names)
     runtime.apply_backend_flags()  # cudnn.benchmark on CUDA, as train sets it
     torch.manual_seed(0)
 

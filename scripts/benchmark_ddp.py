@@ -39,11 +39,10 @@ from typing import Any, Optional
 
 import torch
 
-from seg_pet.config import load_config
+from seg_pet.config import label_spec, load_config
 from seg_pet.data.cache import attach_cache
 from seg_pet.data.loaders import epoch_train_loader, move_caches_to_device, resolve_num_workers
 from seg_pet.data.sources import build_datasets
-from seg_pet.labels import class_names
 from seg_pet.losses import build_loss
 from seg_pet.models import build_model
 from seg_pet.runtime.device import Runtime
@@ -162,7 +161,7 @@ def worker(settings: dict[str, Any], out: Path) -> None:
             *(["data.source=synthetic", f"data.synthetic_images={s['synthetic']}"] if s["synthetic"] else []),
         ],
     )
-    names = class_names(cfg.data.border)
+    names = list(label_spec(cfg.data).names)
     runtime.apply_backend_flags()
     torch.manual_seed(0)
     model = build_model(cfg.model, len(names))

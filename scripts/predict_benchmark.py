@@ -35,9 +35,8 @@ from typing import Any, Optional
 import torch
 
 from seg_pet.cli import main as cli_main
-from seg_pet.config import load_config
+from seg_pet.config import label_spec, load_config
 from seg_pet.evaluation import evaluate_run
-from seg_pet.labels import class_names
 from seg_pet.models import build_model
 from seg_pet.predict import InputImage, PredictOptions, Predictor, collect_inputs, load_rgb, predict_files
 from seg_pet.runtime.device import Runtime
@@ -76,7 +75,7 @@ def build_predictor(args: argparse.Namespace, tta: str) -> Predictor:
     if args.run is not None:
         return Predictor.from_run(args.run, device=args.device, tta=tta)
     cfg = load_config(args.config, args.overrides)
-    names = class_names(cfg.data.border)
+    names = list(label_spec(cfg.data).names)
     model = build_model(dataclasses.replace(cfg.model, encoder_weights=None), len(names))
     return Predictor(model.eval(), cfg, names, Runtime.create(args.device, amp=cfg.train.amp), tta=tta)
 

@@ -176,7 +176,8 @@ def load_model_weights(
     saved_names = list(state["class_names"])
     if saved_names != list(class_names):
         raise CheckpointError(
-            f"{path} was trained with {len(saved_names)} classes {saved_names}, the config has {len(class_names)} {list(class_names)} (data.border?)"
+            f"{path} was trained with {len(saved_names)} classes {saved_names}, the config has {len(class_names)} {list(class_names)} "
+            "(data.border? data.classes?)"
         )
     saved_model = state["config"].get("model", {})
     if model_cfg is not None:

@@ -25,12 +25,11 @@ from torch import nn
 from tqdm import tqdm
 
 from seg_pet.checkpoint import load_checkpoint, load_model_weights
-from seg_pet.config import Config, config_to_dict, load_config
+from seg_pet.config import Config, config_to_dict, label_spec, load_config
 from seg_pet.data.cache import attach_cache
 from seg_pet.data.loaders import make_loader, resolve_num_workers, this_shard
-from seg_pet.data.oxford import PetSegmentation
+from seg_pet.data.segmentation import SegmentationDataset
 from seg_pet.data.sources import build_datasets, build_test_dataset
-from seg_pet.labels import class_names
 from seg_pet.metrics import ConfusionMatrix, compute_metrics, confusion_csv, format_table
 from seg_pet.models import build_model
 from seg_pet.runtime.device import Runtime
@@ -66,7 +65,7 @@ def load_run(run_dir: str | Path, checkpoint: str = "best", overrides: Iterable[
     cfg = load_config(RunPaths(run_dir).require_config("--run").config, list(overrides))
     path = checkpoint_path(run_dir, checkpoint)
     state = load_checkpoint(path)
-    names = class_names(cfg.data.border)
+    names = list(label_spec(cfg.data).names)  # a run folder's config.yaml records its classes
     model = build_model(dataclasses.replace(cfg.model, encoder_weights=None), len(names))
     load_model_weights(model, state, path, names, config_to_dict(cfg)["model"])
     return LoadedRun(cfg, model.eval(), names, state, path)
@@ -128,7 +127,7 @@ def evaluate_batches(
 
 
 def evaluate_split(
-    model: nn.Module, dataset: PetSegmentation, cfg: Config, runtime: Runtime, names: list[str], desc: str = "eval"
+    model: nn.Module, dataset: SegmentationDataset, cfg: Config, runtime: Runtime, names: list[str], desc: str = "eval"
 ) -> dict[str, Any]:
     """All metrics of `model` on `dataset` from one confusion matrix, plus the matrix itself (under torchrun
     each process scores its share; every process returns the metrics of all the images)."""

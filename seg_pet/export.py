@@ -37,10 +37,10 @@ from torch import nn
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
+from seg_pet.config import label_spec
 from seg_pet.data.sources import build_datasets
 from seg_pet.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from seg_pet.evaluation import LoadedRun, load_run
-from seg_pet.labels import PALETTE, TRIMAP_CODES
 from seg_pet.predict import load_rgb
 from seg_pet.runtime.errors import SegPetError, first_line
 from seg_pet.runtime.fileio import atomic_path, write_json
@@ -221,6 +221,7 @@ def sidecar_for(loaded: LoadedRun, out: Path, exporter: str, opset: int, result:
     import onnxruntime
 
     cfg, names = loaded.cfg, loaded.class_names
+    spec = label_spec(cfg.data)
     verification = {
         "images": result.images,
         "sizes": [list(s) for s in result.sizes],
@@ -249,12 +250,13 @@ def sidecar_for(loaded: LoadedRun, out: Path, exporter: str, opset: int, result:
         },
         "output": {"name": "logits", "dtype": "float32", "shape": ["batch", len(names), "height", "width"]},
         "class_names": names,
-        "palette": PALETTE[: len(names)].tolist(),
-        "trimap_codes": [TRIMAP_CODES[name] for name in names],
+        "palette": spec.palette_array().tolist(),
+        **({"trimap_codes": spec.class_to_code().tolist()} if spec.coding == "trimap" else {}),
+        "labels": spec.to_dict(),  # the mask coding: file value (or colour) -> class id, ignore values, background
         "mean": list(IMAGENET_MEAN),
         "std": list(IMAGENET_STD),
         "image_size": cfg.data.image_size,
-        "border": cfg.data.border,
+        **({"border": spec.border} if spec.coding == "trimap" else {}),
         "arch": cfg.model.arch,
         "encoder": cfg.model.encoder,
         "checkpoint": str(loaded.checkpoint_path),

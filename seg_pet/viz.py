@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -19,7 +19,7 @@ from matplotlib.patches import Patch
 from matplotlib.ticker import PercentFormatter
 from PIL import Image
 
-from seg_pet.labels import IGNORE_COLOUR, IGNORE_INDEX, PALETTE
+from seg_pet.labels import IGNORE_COLOUR, IGNORE_INDEX, MAX_CLASSES, default_palette
 from seg_pet.runtime.fileio import atomic_path
 
 OVERLAY_ALPHA = 0.4  # share of the class colour in an overlay; the image keeps 0.6
@@ -55,10 +55,19 @@ def _as_mask(mask: Any) -> np.ndarray:
     return arr.astype(np.int64)
 
 
-def colorize(mask: np.ndarray, num_classes: int) -> np.ndarray:
-    """(H, W) class indices -> (H, W, 3) uint8 colours; ignore (255) is black."""
-    if not 1 <= num_classes <= len(PALETTE):
-        raise ValueError(f"num_classes must be in 1..{len(PALETTE)}, got {num_classes}")
+def class_colours(num_classes: int, palette: Optional[np.ndarray] = None) -> np.ndarray:
+    """(num_classes, 3) uint8: the run's palette (LabelSpec.palette_array), or the default palette."""
+    if not 1 <= num_classes <= MAX_CLASSES:
+        raise ValueError(f"num_classes must be in 1..{MAX_CLASSES}, got {num_classes}")
+    colours = default_palette(num_classes) if palette is None else np.asarray(palette, dtype=np.uint8).reshape(-1, 3)
+    if len(colours) < num_classes:
+        raise ValueError(f"{num_classes} classes but the palette has {len(colours)} colours")
+    return colours
+
+
+def colorize(mask: np.ndarray, num_classes: int, palette: Optional[np.ndarray] = None) -> np.ndarray:
+    """(H, W) class indices -> (H, W, 3) uint8 colours of `palette` (default: default_palette); ignore (255) is black."""
+    colours = class_colours(num_classes, palette)
     mask = _as_mask(mask)
     ignore = mask == IGNORE_INDEX
     bad = ~ignore & ((mask < 0) | (mask >= num_classes))
@@ -66,17 +75,17 @@ def colorize(mask: np.ndarray, num_classes: int) -> np.ndarray:
         raise ValueError(f"mask holds values outside 0..{num_classes - 1} and {IGNORE_INDEX}: {sorted(np.unique(mask[bad]).tolist())[:5]}")
     out = np.empty(mask.shape + (3,), dtype=np.uint8)
     out[...] = IGNORE_COLOUR
-    out[~ignore] = PALETTE[mask[~ignore]]
+    out[~ignore] = colours[mask[~ignore]]
     return out
 
 
-def overlay(image: np.ndarray, mask: np.ndarray, num_classes: int = len(PALETTE)) -> np.ndarray:
+def overlay(image: np.ndarray, mask: np.ndarray, num_classes: int = 3, palette: Optional[np.ndarray] = None) -> np.ndarray:
     """0.6 x image + 0.4 x class colour, rounded to uint8; ignore pixels keep the image."""
     img = _as_image(image)
     mask = _as_mask(mask)
     if mask.shape != img.shape[:2]:
         raise ValueError(f"mask shape {mask.shape} does not match image shape {img.shape[:2]}")
-    colours = colorize(mask, num_classes).astype(np.float64)
+    colours = colorize(mask, num_classes, palette).astype(np.float64)
     blended = np.rint((1.0 - OVERLAY_ALPHA) * img.astype(np.float64) + OVERLAY_ALPHA * colours)
     out = blended.astype(np.uint8)
     ignore = mask == IGNORE_INDEX
@@ -84,10 +93,12 @@ def overlay(image: np.ndarray, mask: np.ndarray, num_classes: int = len(PALETTE)
     return out
 
 
-def save_overlay(path: str | os.PathLike, image: np.ndarray, pred: np.ndarray, num_classes: int = len(PALETTE)) -> None:
+def save_overlay(
+    path: str | os.PathLike, image: np.ndarray, pred: np.ndarray, num_classes: int = 3, palette: Optional[np.ndarray] = None
+) -> None:
     """PNG of the prediction overlaid on the image, at the image's own size."""
     with atomic_path(path) as tmp:
-        Image.fromarray(overlay(image, pred, num_classes), "RGB").save(tmp, format="PNG")
+        Image.fromarray(overlay(image, pred, num_classes, palette), "RGB").save(tmp, format="PNG")
 
 
 def per_image_iou(target: np.ndarray, pred: np.ndarray, num_classes: int) -> list[float]:
@@ -116,8 +127,9 @@ def save_figure(fig: Figure, path: str | os.PathLike) -> None:
         fig.savefig(tmp, format="png", dpi=_DPI)
 
 
-def _legend_handles(class_names: Sequence[str], with_ignore: bool) -> list[Patch]:
-    handles = [Patch(facecolor=PALETTE[i] / 255.0, edgecolor="black", linewidth=0.5, label=name) for i, name in enumerate(class_names)]
+def _legend_handles(class_names: Sequence[str], with_ignore: bool, palette: Optional[np.ndarray] = None) -> list[Patch]:
+    colours = class_colours(len(class_names), palette)
+    handles = [Patch(facecolor=colours[i] / 255.0, edgecolor="black", linewidth=0.5, label=name) for i, name in enumerate(class_names)]
     if with_ignore:
         handles.append(Patch(facecolor=IGNORE_COLOUR / 255.0, edgecolor="black", label="ignore"))
     return handles
@@ -131,6 +143,7 @@ def save_panel(
     class_names: Sequence[str],
     title: str | None = None,
     show_iou: bool = True,
+    palette: Optional[np.ndarray] = None,
 ) -> None:
     """One PNG: image | ground truth | prediction, with a colour legend and per-image IoU."""
     num_classes = len(class_names)
@@ -146,7 +159,7 @@ def save_panel(
     axes = fig.subplots(1, 3)
     for ax, picture, label in zip(
         axes,
-        (img, colorize(target, num_classes), colorize(pred, num_classes)),
+        (img, colorize(target, num_classes, palette), colorize(pred, num_classes, palette)),
         ("image", "ground truth", "prediction"),
     ):
         ax.imshow(picture, interpolation="nearest")
@@ -163,9 +176,9 @@ def save_panel(
     if lines:
         fig.suptitle("\n".join(lines), fontsize=10)
     fig.legend(
-        handles=_legend_handles(class_names, with_ignore=bool((target == IGNORE_INDEX).any())),
+        handles=_legend_handles(class_names, with_ignore=bool((target == IGNORE_INDEX).any()), palette=palette),
         loc="lower center",
-        ncol=num_classes + 1,
+        ncol=min(num_classes + 1, 7),
         frameon=False,
         fontsize=9,
     )
@@ -197,7 +210,9 @@ def _class_value(per_class: Any, index: int, name: str) -> float:
     return math.nan
 
 
-def plot_curves(rows: Sequence[Mapping[str, Any]], class_names: Sequence[str], path: str | os.PathLike) -> None:
+def plot_curves(
+    rows: Sequence[Mapping[str, Any]], class_names: Sequence[str], path: str | os.PathLike, palette: Optional[np.ndarray] = None
+) -> None:
     """Training curves: losses per epoch; val mIoU, per-class IoU and pixel accuracy per epoch.
 
     Missing keys and None/NaN values leave gaps; a single epoch shows as markers.
@@ -224,8 +239,9 @@ def plot_curves(rows: Sequence[Mapping[str, Any]], class_names: Sequence[str], p
     ax = axes[1]
     miou = [_num(r.get("val_miou")) for r in rows]
     ax.plot(epochs, miou, label="mIoU", color="black", linewidth=2.0, **marker)
+    colours = class_colours(len(class_names), palette)
     for i, name in enumerate(class_names):
-        colour = PALETTE[i] / 255.0 if i < len(PALETTE) else None
+        colour = colours[i] / 255.0
         values = [_class_value(r.get("val_iou"), i, name) for r in rows]
         ax.plot(epochs, values, label=f"IoU {name}", color=colour, linewidth=1.2, **marker)
     acc = [_num(r.get("val_pixel_acc")) for r in rows]
@@ -304,6 +320,7 @@ def plot_class_balance(
     class_names: Sequence[str],
     path: str | os.PathLike,
     title: str = "",
+    palette: Optional[np.ndarray] = None,
 ) -> None:
     """Bar chart of pixel shares per class; dict keys not among class_names (e.g. 'ignore') come last."""
     if isinstance(counts, Mapping):
@@ -322,8 +339,8 @@ def plot_class_balance(
     values = [0.0 if math.isnan(v) else v for v in values]
     total = sum(values)
     shares = [v / total if total > 0 else 0.0 for v in values]
-    n_coloured = min(len(class_names), len(PALETTE))
-    colours = [PALETTE[i] / 255.0 if i < n_coloured else (0.6, 0.6, 0.6) for i in range(len(labels))]
+    palette_colours = class_colours(len(class_names), palette)
+    colours = [palette_colours[i] / 255.0 if i < len(class_names) else (0.6, 0.6, 0.6) for i in range(len(labels))]
 
     fig = new_figure(1.2 * len(labels) + 2.5, 3.6)
     ax = fig.subplots()

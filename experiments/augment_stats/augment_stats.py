@@ -20,11 +20,10 @@ import torch
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-from seg_pet.config import load_config
+from seg_pet.config import label_spec, load_config
 from seg_pet.data.cache import attach_cache
 from seg_pet.data.sources import build_datasets
 from seg_pet.data.transforms import IMAGENET_STD, BatchAugment, train_transforms
-from seg_pet.labels import class_names
 
 
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
@@ -44,7 +43,7 @@ def summary(images: torch.Tensor, labels: torch.Tensor, num_classes: int) -> dic
 def main(argv: Optional[list[str]] = None) -> int:
     args = parse_args(argv)
     cfg = load_config(None, [f"data.root={args.data_root}", f"data.image_size={args.image_size}", "data.num_workers=0"])
-    names = class_names(cfg.data.border)
+    names = list(label_spec(cfg.data).names)
     train = build_datasets(cfg)["train"]
     attach_cache(train, "memory", data_root=cfg.data.root, log=lambda _: None)
     images = [image for image, _ in train.cache]

@@ -21,12 +21,11 @@ from typing import Any, Optional
 import torch
 from torch.utils.data import Subset
 
-from seg_pet.config import load_config
+from seg_pet.config import label_spec, load_config
 from seg_pet.data.cache import attach_cache
 from seg_pet.data.loaders import make_loader, resolve_num_workers
 from seg_pet.data.sources import build_datasets
 from seg_pet.evaluation import evaluate_batches
-from seg_pet.labels import class_names
 from seg_pet.losses import build_loss
 from seg_pet.models import build_model
 from seg_pet.runtime.device import Runtime
@@ -81,7 +80,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                 "train.device=cpu",
             ],
         )
-        names = class_names(cfg.data.border)
+        names = list(label_spec(cfg.data).names)
         datasets = build_datasets(cfg)
         train_set, val_set = datasets["train"], datasets["val"]
         for split, ds in (("train", train_set), ("val", val_set)):

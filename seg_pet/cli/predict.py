@@ -45,7 +45,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         dest="fmt",
         choices=FORMATS,
         default="index",
-        help="mask PNG: index = class ids 0..C-1; trimap = the dataset's 1 pet / 2 background / 3 border; color = palette RGB",
+        help="mask PNG: index = class ids 0..C-1; trimap = Oxford-IIIT Pet trimap codes (Pet runs only); color = the run's palette RGB",
     )
     p.add_argument("--overlay", action="store_true", help="also write overlays/NAME.png: 0.6 x image + 0.4 x class colour")
     p.add_argument("--probabilities", action="store_true", help="also write probabilities/NAME.npz: per-class softmax (C, H, W) float32")

@@ -3,10 +3,12 @@
     schema     dataclasses: types, defaults, allowed values, ranges, help text; LOSSES (options, help) per loss
     loading    YAML (safe_load) + overrides -> a checked `Config`; `config_to_dict` / `dump_config` back
     reference  docs/configuration.md, generated from the schema
+    classes    `label_spec(cfg.data)`: the run's classes (seg_pet.labels.LabelSpec)
 
 Public, so the loss study builds its own sections with the same checks.
 """
 
+from seg_pet.config.classes import label_spec
 from seg_pet.config.loading import (
     apply_override,
     build_section,
@@ -51,6 +53,7 @@ __all__ = [
     "config_from_dict",
     "config_to_dict",
     "dump_config",
+    "label_spec",
     "load_config",
     "option",
     "read_yaml",

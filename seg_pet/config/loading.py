@@ -16,13 +16,13 @@ import re
 import types
 import typing
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Optional, Union
 
 import yaml
 
+from seg_pet.config.classes import label_spec
 from seg_pet.config.numbers import check_class_weights, check_number
 from seg_pet.config.schema import CLASS_WEIGHT_SCHEMES, LOSSES, Config, LossConfig
-from seg_pet.labels import BACKGROUND, class_names
 from seg_pet.runtime.errors import ConfigError
 from seg_pet.runtime.paths import check_text
 
@@ -279,11 +279,12 @@ def validate(cfg: Config) -> None:
         fail("train.select", "data.val_fraction: 0 leaves no validation split to select on; use train.select: last")
     if cfg.optim.warmup_epochs >= cfg.optim.epochs:
         fail("optim.warmup_epochs", f"must be less than optim.epochs ({cfg.optim.epochs}), got {cfg.optim.warmup_epochs:g}")
-    validate_loss(cfg.loss, class_names(cfg.data.border))
+    spec = label_spec(cfg.data)
+    validate_loss(cfg.loss, list(spec.names), spec.background)
 
 
-def validate_loss(loss: LossConfig, names: list[str]) -> None:
-    """The loss options that depend on the classes (data.border decides how many there are)."""
+def validate_loss(loss: LossConfig, names: list[str], background: Optional[str] = None) -> None:
+    """The loss options that depend on the classes (the label spec: `names`, and the `background` class)."""
     classes = loss.get("classes")
     if classes is not None:
         if not classes:
@@ -303,8 +304,11 @@ def validate_loss(loss: LossConfig, names: list[str]) -> None:
     elif weights is not None:
         check_class_weights(weights, names, "loss.class_weights")
     dice_kind = loss.get("dice_variant") if loss.name == "ce_dice" else loss.name
-    if dice_kind.startswith("dice_fg") and BACKGROUND not in names:
-        raise ConfigError(f"loss {loss.name!r} needs a class named {BACKGROUND!r}; classes are: {', '.join(names)}")
+    if dice_kind.startswith("dice_fg") and background not in names:
+        raise ConfigError(
+            f"loss {loss.name!r} leaves out the background class, and these classes declare none ({', '.join(names)}); "
+            "set data.background (folder source) or choose another loss"
+        )
     if loss.name == "tversky" and loss.get("alpha") + loss.get("beta") <= 0:
         raise ConfigError("loss.alpha + loss.beta must be > 0 (with both 0 the Tversky loss is constant)")
 

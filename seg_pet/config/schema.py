@@ -67,21 +67,38 @@ class RunConfig:
 class DataConfig:
     source: str = option(
         "oxford",
-        "`oxford`: the dataset at `data.root`; `synthetic`: generated into `data.root` (smoke tests)",
-        choices=("oxford", "synthetic"),
+        "`oxford`: the dataset at `data.root`; `synthetic`: generated into `data.root` (smoke tests); "
+        "`folder`: your own images and masks under `data.root` (docs/your_data.md)",
+        choices=("oxford", "synthetic", "folder"),
     )
-    root: str = option("data", "the folder that holds `oxford-iiit-pet/`")
+    root: str = option("data", "the folder that holds `oxford-iiit-pet/`, or (`folder`) `images/` and `masks/`")
     download: bool = option(False, "download the dataset with torchvision when it is missing")
     image_size: int = option(
         256, "training and evaluation size in pixels; a multiple of 32 (the U-Net downsamples 5 times)", ge=32, le=2048
     )
     val_fraction: float = option(
         0.1,
-        "share of trainval held out for validation, stratified by breed; `0`: train on all of trainval with no "
+        "share of trainval held out for validation, stratified by breed (`folder`: a seeded share of the training "
+        "images when there is no validation split on disk); `0`: train on all of trainval with no "
         "validation (needs `train.select: last`; docs/recipe.md)",
         ge=0.0,
         lt=1.0,
     )
+    test_fraction: float = option(
+        0.1, "`folder` with one pool of images (no split folders or lists): the seeded share held out as the test split", gt=0.0, lt=1.0
+    )
+    classes: list[str] = option([], "`folder`: the class names, in class-id order (mask value or colour i = class i)")
+    mask_format: str = option(
+        "index", "`folder`: `index` (single-channel, value = class id) or `color` (RGB, one colour per class)", choices=("index", "color")
+    )
+    class_colors: Optional[list[list[int]]] = option(
+        None, "`folder`: one [r, g, b] per class: the mask colours with `mask_format: color`, else the display palette", ge=0, le=255
+    )
+    ignore_values: list[int] = option(
+        [255], "`folder`, index masks: mask values that are no class (left out of loss and metrics), e.g. 255 or CamVid's 11", ge=0, le=255
+    )
+    ignore_colors: list[list[int]] = option([], "`folder`, colour masks: [r, g, b] colours that are no class (ignored)", ge=0, le=255)
+    background: Optional[str] = option(None, "`folder`: the class the foreground-only Dice losses (`dice_fg*`) leave out")
     border: str = option(
         "class",
         "the trimap's border ring: `class` (3 classes), `ignore` (left out of loss and metrics), `pet` (merged into pet)",

@@ -41,8 +41,11 @@ Entries = list[tuple[torch.Tensor, torch.Tensor]]
 def cache_key(dataset: Any) -> str:
     """Hash of the format, the resize setting, and each source file's path, size and mtime."""
     h = hashlib.sha256(f"seg_pet cache v{FORMAT_VERSION}\n{dataset.prepare!r}\n".encode())
-    for image, trimap in zip(dataset.images, dataset.trimaps):
-        for path in (Path(image), Path(trimap)):
+    spec = getattr(dataset, "spec", None)
+    if spec is not None and spec.coding == "color":  # colour masks are cached as class ids: the key holds the coding
+        h.update(f"{spec.coding}\t{spec.codes!r}\n".encode())
+    for image, mask in zip(dataset.images, dataset.masks):
+        for path in (Path(image), Path(mask)):
             try:
                 st = path.stat()
             except FileNotFoundError:
@@ -79,8 +82,8 @@ class _Prepared(Dataset):
         return len(self.dataset)
 
     def __getitem__(self, idx: int) -> tuple[torch.Tensor, torch.Tensor]:
-        image, trimap = self.dataset.prepare(*self.dataset.load(idx))
-        return image.as_subclass(torch.Tensor), trimap.as_subclass(torch.Tensor)
+        image, mask = self.dataset.prepare(*self.dataset.load(idx))
+        return image.as_subclass(torch.Tensor), mask.as_subclass(torch.Tensor)
 
 
 def _keep(t: torch.Tensor) -> torch.Tensor:
@@ -88,15 +91,15 @@ def _keep(t: torch.Tensor) -> torch.Tensor:
 
 
 def decode_all(dataset: Any, num_workers: int = 0) -> Entries:
-    """Every (image, trimap) decoded and resized once, in order; the work is spread over `num_workers`."""
+    """Every (image, mask) decoded and resized once, in order; the work is spread over `num_workers`."""
     loader = DataLoader(_Prepared(dataset), batch_size=None, shuffle=False, num_workers=num_workers, collate_fn=_keep)
     entries = []
-    for image, trimap in loader:
+    for image, mask in loader:
         if num_workers:
             # Tensors from workers live in shared-memory segments, one file descriptor each;
             # thousands of them exhaust the descriptor limit. A private copy releases them.
-            image, trimap = image.clone(), trimap.clone()
-        entries.append((image, trimap))
+            image, mask = image.clone(), mask.clone()
+        entries.append((image, mask))
     return entries
 
 
@@ -112,10 +115,10 @@ def _read_disk(path: Path, key: str, count: int) -> Optional[Entries]:
         return None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT_VERSION or payload.get("key") != key:
         return None
-    images, trimaps = payload.get("images"), payload.get("trimaps")
-    if not isinstance(images, list) or not isinstance(trimaps, list) or len(images) != count or len(trimaps) != count:
+    images, masks = payload.get("images"), payload.get("masks")
+    if not isinstance(images, list) or not isinstance(masks, list) or len(images) != count or len(masks) != count:
         return None
-    return list(zip(images, trimaps))
+    return list(zip(images, masks))
 
 
 def attach_cache(
@@ -160,7 +163,7 @@ def attach_cache(
             "prepare": repr(dataset.prepare),
             "files": [Path(p).name for p in dataset.images],
             "images": [image for image, _ in built],
-            "trimaps": [trimap for _, trimap in built],
+            "masks": [mask for _, mask in built],
         }
         with atomic_path(path) as tmp:
             torch.save(payload, tmp)
@@ -192,7 +195,7 @@ def cache_datasets(
 
 
 class DeviceCache:
-    """A dataset's memory cache on `device`: uint8 images and uint8 class labels (trimaps remapped once).
+    """A dataset's memory cache on `device`: uint8 images and uint8 class labels (mask codes mapped once).
 
     Validation entries all have the same size and are stacked into one tensor, so a batch is a slice;
     training entries are the originals (differing sizes) and stay a list for BatchAugment.
@@ -205,7 +208,7 @@ class DeviceCache:
             raise ValueError("DeviceCache needs the dataset's memory cache (attach_cache) first")
         lut = dataset.lut.to(torch.uint8)  # 0..C-1 and IGNORE_INDEX 255 all fit in uint8
         self.images = [image.to(device) for image, _ in dataset.cache]
-        self.labels = [lut[trimap.long()].to(device) for _, trimap in dataset.cache]
+        self.labels = [lut[mask.long()].to(device) for _, mask in dataset.cache]
         self.device, self.native_masks = device, dataset.native_masks
         dataset.cache = None
         self.stacked = len({tuple(image.shape) for image in self.images}) == 1

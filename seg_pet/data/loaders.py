@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from seg_pet.config import Config
 from seg_pet.data.cache import DeviceBatches, DeviceCache
-from seg_pet.data.oxford import PetSegmentation, read_trimap
+from seg_pet.data.segmentation import SegmentationDataset
 from seg_pet.data.transforms import BatchAugment
 from seg_pet.labels import IGNORE_INDEX
 from seg_pet.runtime.device import Runtime
@@ -122,18 +122,17 @@ def make_loader(
     )
 
 
-def count_pixels(dataset: PetSegmentation, num_classes: int) -> list[int]:
-    """Pixel count per class over a dataset's original-resolution trimaps (ignored pixels not counted)."""
+def count_pixels(dataset: SegmentationDataset, num_classes: int) -> list[int]:
+    """Pixel count per class over a dataset's original-resolution masks (ignored pixels not counted)."""
     counts = torch.zeros(num_classes, dtype=torch.int64)
     for idx in range(len(dataset)):
-        trimap = read_trimap(dataset.trimaps[idx])
-        labels = dataset.lut[trimap.as_subclass(torch.Tensor).long()]
+        labels = dataset.labels(idx)
         labels = labels[labels != IGNORE_INDEX]
         counts += torch.bincount(labels.flatten(), minlength=num_classes)[:num_classes]
     return counts.tolist()
 
 
-def move_caches_to_device(datasets: dict[str, PetSegmentation], device: torch.device, log) -> dict[str, DeviceCache]:
+def move_caches_to_device(datasets: dict[str, SegmentationDataset], device: torch.device, log) -> dict[str, DeviceCache]:
     """data.cache: device: the train and val memory caches moved to the training device (DeviceCache)."""
     try:
         moved = {split: DeviceCache(datasets[split], device) for split in ("train", "val")}
@@ -151,7 +150,7 @@ def move_caches_to_device(datasets: dict[str, PetSegmentation], device: torch.de
 
 def epoch_train_loader(
     cfg: Config,
-    dataset: PetSegmentation,
+    dataset: SegmentationDataset,
     on_device: Optional[dict[str, DeviceCache]],
     batch_size: int,
     workers: int,
@@ -174,7 +173,7 @@ def epoch_train_loader(
 
 
 def val_loader_for(
-    dataset: PetSegmentation, on_device: Optional[dict[str, DeviceCache]], batch_size: int, workers: int, runtime: Runtime
+    dataset: SegmentationDataset, on_device: Optional[dict[str, DeviceCache]], batch_size: int, workers: int, runtime: Runtime
 ) -> Iterable:
     """This process's validation batches: a DataLoader, or slices of the device cache with data.cache: device."""
     if on_device is not None:

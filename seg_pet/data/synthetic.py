@@ -19,7 +19,8 @@ import numpy as np
 from PIL import Image
 
 from seg_pet.config import DataConfig
-from seg_pet.data.oxford import SplitFiles, open_split
+from seg_pet.data.oxford import open_split
+from seg_pet.data.segmentation import SplitFiles
 from seg_pet.runtime.errors import DataError
 from seg_pet.runtime.fileio import write_json
 

@@ -1,6 +1,6 @@
 """Joint image/mask transforms, built on torchvision.transforms.v2.
 
-Images travel as `tv_tensors.Image` (uint8) and trimaps as `tv_tensors.Mask`, so every
+Images travel as `tv_tensors.Image` (uint8) and masks as `tv_tensors.Mask`, so every
 geometric transform is applied to both and masks are always resampled with nearest
 neighbour (v2 does this for Mask by type; no class value is ever interpolated).
 Photometric transforms (colour jitter, normalisation) touch the image only.
@@ -43,13 +43,14 @@ CROP_RATIO = (3 / 4, 4 / 3)  # RandomResizedCrop's default
 JITTER = {"brightness": 0.2, "contrast": 0.2, "saturation": 0.2, "hue": 0.02}
 
 
-def train_transforms(size: int, crop_scale: tuple[float, float], rotation: float = 0.0) -> v2.Compose:
+def train_transforms(size: int, crop_scale: tuple[float, float], rotation: float = 0.0, mask_fill: int = 0) -> v2.Compose:
     """Random resized crop (`crop_scale`: share of the area) + a random rotation up to `rotation` degrees
     + horizontal flip + light colour jitter, then ImageNet normalisation.
 
-    The rotation fills the corners it uncovers with 0: black in the image, and in the trimap a value
-    outside 1..3, which the label lookup maps to IGNORE_INDEX (seg_pet.labels): no loss there."""
-    rotate = [v2.RandomRotation(rotation, interpolation=v2.InterpolationMode.BILINEAR, fill=0)] if rotation else []
+    The rotation fills the corners it uncovers with 0 in the image and `mask_fill` in the mask: a code
+    the label lookup maps to IGNORE_INDEX (LabelSpec.fill_code): no loss there."""
+    fill = 0 if mask_fill == 0 else {tv_tensors.Image: 0, tv_tensors.Mask: mask_fill}
+    rotate = [v2.RandomRotation(rotation, interpolation=v2.InterpolationMode.BILINEAR, fill=fill)] if rotation else []
     return v2.Compose(
         [
             v2.RandomResizedCrop((size, size), scale=tuple(crop_scale), ratio=CROP_RATIO, antialias=True),
@@ -85,21 +86,21 @@ class CacheResize:
                          would cut from without a cache, so cached training is bit-identical too.
     mode "square":       `size` x `size`, exactly the first step of eval_transforms, which then finds
                          the image already at size and returns it unchanged (bit-identical evaluation);
-    mode "square-image": as "square" for the image, the trimap untouched (native-resolution evaluation).
-    The trimap is resampled with nearest neighbour (v2 does so for Mask by type).
+    mode "square-image": as "square" for the image, the mask untouched (native-resolution evaluation).
+    The mask is resampled with nearest neighbour (v2 does so for Mask by type).
     """
 
     size: Optional[int]
     mode: str
 
-    def __call__(self, image: tv_tensors.Image, trimap: tv_tensors.Mask) -> tuple[tv_tensors.Image, tv_tensors.Mask]:
+    def __call__(self, image: tv_tensors.Image, mask: tv_tensors.Mask) -> tuple[tv_tensors.Image, tv_tensors.Mask]:
         if self.mode == "original":
-            return image, trimap
+            return image, mask
         square = [self.size, self.size]
         if self.mode == "square":
-            return F.resize(image, square, antialias=True), F.resize(trimap, square)
+            return F.resize(image, square, antialias=True), F.resize(mask, square)
         if self.mode == "square-image":
-            return F.resize(image, square, antialias=True), trimap
+            return F.resize(image, square, antialias=True), mask
         raise ValueError(f"unknown CacheResize mode {self.mode!r}")
 
 
@@ -115,7 +116,7 @@ class ImageOnly:
     """Apply a joint transform to the image only and pass the mask through unchanged.
 
     Used for native-resolution evaluation: the model sees the image at image_size, the
-    metrics see the trimap at its original size. A class (not a lambda) so workers can pickle it.
+    metrics see the mask at its original size. A class (not a lambda) so workers can pickle it.
     """
 
     def __init__(self, transform: v2.Transform):

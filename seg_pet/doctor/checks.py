@@ -14,11 +14,11 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Optional
 
 import torch
 
-from seg_pet.labels import IGNORE_INDEX
+from seg_pet.labels import IGNORE_INDEX, LabelSpec, pet_spec
 from seg_pet.losses import compute_class_weights
 from seg_pet.losses.weights import SCHEMES
 from seg_pet.metrics import ConfusionMatrix, compute_metrics
@@ -68,9 +68,13 @@ def _dtype(t: torch.Tensor) -> str:
 # --------------------------------------------------------------------------- doctor checks: data
 
 
-def check_masks(targets: Any, num_classes: int, ignore_index: int = IGNORE_INDEX) -> CheckResult:
-    """Targets as they reach the loss: int64 (N, H, W) with values in 0..C-1 or the ignore index."""
+def check_masks(targets: Any, num_classes: int, ignore_index: int = IGNORE_INDEX, spec: Optional[LabelSpec] = None) -> CheckResult:
+    """Targets as they reach the loss: int64 (N, H, W) with values in 0..C-1 or the ignore index.
+
+    `spec` (default: the Pet trimap spec) tells what a mask left at its file codes would look like."""
     name = "masks"
+    spec = spec if spec is not None else pet_spec()
+    word = "trimap" if spec.coding == "trimap" else "mask"
     if not isinstance(targets, torch.Tensor):
         return CheckResult(
             name, FAIL, f"targets are {type(targets).__name__}, not a tensor", "the dataset must return the mask as a torch tensor"
@@ -89,7 +93,7 @@ def check_masks(targets: Any, num_classes: int, ignore_index: int = IGNORE_INDEX
             FAIL,
             f"{_dtype(targets)} {shape}, values {lo:.4g}..{hi:.4g}: CrossEntropyLoss needs int64 class indices{cause}",
             "keep the mask a tv_tensors.Mask so image-only transforms skip it, and return it as int64 class ids "
-            "(seg_pet.labels.trimap_lut), never divided by 255",
+            "(seg_pet.labels.LabelSpec.lut), never divided by 255",
         )
     if targets.ndim == 4:
         if shape[1] == 1:
@@ -97,7 +101,7 @@ def check_masks(targets: Any, num_classes: int, ignore_index: int = IGNORE_INDEX
                 name,
                 FAIL,
                 f"shape {shape} is (N, 1, H, W): the loss expects (N, H, W) class indices",
-                "drop the channel dimension: targets.squeeze(1) (or read the trimap as a 2-D array)",
+                f"drop the channel dimension: targets.squeeze(1) (or read the {word} as a 2-D array)",
             )
         if shape[1] == num_classes:
             return CheckResult(
@@ -116,7 +120,7 @@ def check_masks(targets: Any, num_classes: int, ignore_index: int = IGNORE_INDEX
             name,
             FAIL,
             f"dtype {_dtype(targets)}: CrossEntropyLoss needs int64 (long) class indices",
-            "convert with .long() after the trimap remap",
+            f"convert with .long() after the {word} remap",
         )
     labelled = targets[targets != ignore_index]
     ignored = 1.0 - labelled.numel() / max(targets.numel(), 1)
@@ -125,18 +129,20 @@ def check_masks(targets: Any, num_classes: int, ignore_index: int = IGNORE_INDEX
             name,
             FAIL,
             f"every pixel is the ignore index {ignore_index}: the loss is 0 and nothing is learned",
-            "check the trimap remap (seg_pet.labels.trimap_lut) and data.border",
+            f"check the {word} remap (seg_pet.labels.LabelSpec.lut) and the data.* keys that declare the classes",
         )
     present = set(torch.unique(labelled).tolist())
     bad = sorted(v for v in present if not 0 <= v < num_classes)
-    # The raw Oxford trimap uses 1 pet, 2 background, 3 border; remapped, pet is class 0.
-    raw_trimap = present <= {1, 2, 3} and 0 not in present and len(present) >= 2
-    if bad and raw_trimap:
+    # Masks left at the file's own codes (Pet trimaps: 1, 2, 3, where class ids start at 0).
+    lut = spec.lut()
+    file_codes = {int(v) for v, _ in spec.codes if not isinstance(v, tuple)}
+    raw_codes = bool(file_codes) and present <= file_codes and any(lut[v] != v for v in present) and len(present) >= 2
+    if bad and raw_codes:
         return CheckResult(
             name,
             FAIL,
-            f"values {_values(targets)} are the raw trimap (1 pet, 2 background, 3 border), not class ids 0..{num_classes - 1}",
-            "remap the trimap before the loss (seg_pet.labels.trimap_lut: 1->0 pet, 2->1 background, 3->border per data.border)",
+            f"values {_values(targets)} are the raw {word} ({spec.describe_values()}), not class ids 0..{num_classes - 1}",
+            f"remap the {word} before the loss (seg_pet.labels.LabelSpec.lut)",
         )
     if bad:
         return CheckResult(
@@ -145,12 +151,12 @@ def check_masks(targets: Any, num_classes: int, ignore_index: int = IGNORE_INDEX
             f"values {bad} lie outside 0..{num_classes - 1} (and are not the ignore index {ignore_index})",
             f"masks must hold class ids 0..{num_classes - 1} or {ignore_index}; check the remap and model classes",
         )
-    if raw_trimap:
+    if raw_codes and 0 not in present:
         return CheckResult(
             name,
             WARN,
-            f"values {_values(targets)} contain no class 0 (pet): this looks like an un-remapped trimap",
-            "remap the trimap (seg_pet.labels.trimap_lut) so 1 (pet) becomes class 0",
+            f"values {_values(targets)} contain no class 0 ({spec.names[0]}): this looks like an un-remapped {word}",
+            f"remap the {word} (seg_pet.labels.LabelSpec.lut) so that class {spec.names[0]} becomes 0",
         )
     return CheckResult(
         name,
@@ -217,7 +223,7 @@ def check_class_balance(pixel_counts: list[int], names: list[str]) -> CheckResul
     name = "class balance"
     total = sum(pixel_counts)
     if total <= 0:
-        return CheckResult(name, FAIL, "the training split has no labelled pixels", "check data.root and the trimap remap")
+        return CheckResult(name, FAIL, "the training split has no labelled pixels", "check data.root and the mask remap")
     shares = ", ".join(f"{n} {c / total:.1%}" for n, c in zip(names, pixel_counts))
     absent = [n for n, c in zip(names, pixel_counts) if c == 0]
     if absent:
@@ -225,7 +231,7 @@ def check_class_balance(pixel_counts: list[int], names: list[str]) -> CheckResul
             name,
             FAIL,
             f"no training pixel belongs to {', '.join(map(repr, absent))} ({shares}): that class cannot be learned",
-            "check data.border and the trimap remap; or drop the class",
+            "check the mask values and the declared classes (data.border for Pet, data.classes for a folder); or drop the class",
         )
     big = max(range(len(names)), key=lambda i: pixel_counts[i])
     small = min(range(len(names)), key=lambda i: pixel_counts[i])
@@ -248,8 +254,9 @@ def check_class_balance(pixel_counts: list[int], names: list[str]) -> CheckResul
 def majority_baseline(targets: Iterable[torch.Tensor], majority: int, names: list[str], ignore_index: int = IGNORE_INDEX) -> dict[str, Any]:
     """Metrics of predicting class `majority` for every pixel of the given target batches."""
     matrix = ConfusionMatrix(len(names), ignore_index)
-    for target in targets:
-        matrix.update(target, torch.full_like(target, majority))
+    for batch in targets:
+        for target in batch if isinstance(batch, (list, tuple)) else [batch]:  # native-resolution batches: a list of masks
+            matrix.update(target, torch.full_like(target, majority))
     return compute_metrics(matrix.mat, names)
 
 

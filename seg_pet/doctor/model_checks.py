@@ -224,7 +224,7 @@ def check_overfit(
 
 
 def overfit_batch(dataset: Any, size: int = OVERFIT_SIZE, count: int = OVERFIT_IMAGES) -> tuple[torch.Tensor, torch.Tensor]:
-    """The overfit check's fixed batch: the first `count` images of a PetSegmentation, resized to `size` without
+    """The overfit check's fixed batch: the first `count` images of a SegmentationDataset, resized to `size` without
     augmentation (a batch that changed every step could not be memorised)."""
 
     small = copy.copy(dataset)  # shallow: shares the file lists, gets its own transforms

@@ -10,6 +10,7 @@ from typing import Any, Optional
 import torch
 import torch.distributed as dist
 
+from seg_pet.config import label_spec
 from seg_pet.config.numbers import plan_batches
 from seg_pet.data.loaders import ShardSampler, count_pixels, make_loader, resolve_num_workers
 from seg_pet.data.sources import build_datasets
@@ -29,7 +30,6 @@ from seg_pet.doctor.checks import (
     majority_baseline,
 )
 from seg_pet.doctor.model_checks import check_initial_loss, check_loss_floor, check_output, check_overfit, overfit_batch, smoothing_floor
-from seg_pet.labels import class_names
 from seg_pet.losses import build_loss, compute_class_weights, needs_class_weights
 from seg_pet.models import build_model
 from seg_pet.runtime.device import resolve_device
@@ -70,9 +70,10 @@ def run_doctor(cfg: Any, *, out: Optional[Path] = None, log: Callable[[str], Non
 
 def _doctor(cfg: Any, device: torch.device, out: Optional[Path], log: Callable[[str], None]) -> int:
     started = time.perf_counter()
-    names = class_names(cfg.data.border)
+    spec = label_spec(cfg.data)
+    names = list(spec.names)
     num_classes = len(names)
-    datasets = build_datasets(cfg)  # a missing dataset is a one-line DataError (exit 2), not a check
+    datasets = build_datasets(cfg, log=log)  # a missing dataset is a one-line DataError (exit 2), not a check
     train_set, val_set = datasets["train"], datasets["val"]
     log(
         f"seg_pet doctor: {len(train_set)} train / {len(val_set)} val images from {cfg.data.root} ({cfg.data.source}), "
@@ -96,13 +97,15 @@ def _doctor(cfg: Any, device: torch.device, out: Optional[Path], log: Callable[[
     batch_size = plan_batches(cfg, len(train_set)).batch_size  # one line, not a BatchNorm traceback, for a batch it cannot take
     loader = make_loader(train_set, batch_size, shuffle=True, num_workers=workers, seed=epoch_seed(cfg.run.seed, 1), drop_last=True)
     images, targets = next(iter(loader))
-    record(_guarded("masks", lambda: check_masks(targets, num_classes)))
+    record(_guarded("masks", lambda: check_masks(targets, num_classes, spec=spec)))
     record(_guarded("images", lambda: check_images(images)))
 
     pixel_counts = count_pixels(train_set, num_classes)
     record(_guarded("class balance", lambda: check_class_balance(pixel_counts, names)))
     if out is not None:
-        plot_class_balance(pixel_counts, names, Path(out) / "class_balance.png", title="training split pixel shares")
+        plot_class_balance(
+            pixel_counts, names, Path(out) / "class_balance.png", title="training split pixel shares", palette=spec.palette_array()
+        )
         log(f"{'':20}bar chart: {Path(out) / 'class_balance.png'}")
 
     # The majority class comes from the training split: choosing it on val would peek.
@@ -118,7 +121,9 @@ def _doctor(cfg: Any, device: torch.device, out: Optional[Path], log: Callable[[
     weights = None
     if needs_class_weights(cfg.loss) and sum(pixel_counts) > 0:
         weights = compute_class_weights(cfg.loss.get("class_weights"), pixel_counts)
-    loss_fn = build_loss(cfg.loss, names, weights).to(device)  # class weights live in a buffer: move them with the loss
+    loss_fn = build_loss(cfg.loss, names, weights, background=spec.background).to(
+        device
+    )  # class weights live in a buffer: move them with the loss
     torch.manual_seed(cfg.run.seed)
     model = build_model(cfg.model, num_classes).to(device)
     with torch.no_grad():

@@ -68,11 +68,11 @@ def _ce(o: Any, names: list[str], weights: Optional[torch.Tensor], classes: Opti
 
 
 def _dice_named(variant: str) -> Builder:
-    return lambda o, names, weights, classes: dice_loss(variant, names, classes)
+    return lambda o, names, weights, classes: dice_loss(variant, classes)
 
 
 def _ce_dice(o: Any, names: list[str], weights: Optional[torch.Tensor], classes: Optional[list[int]]) -> nn.Module:
-    return WeightedSum([(1.0, _ce(o, names, weights, None)), (o.dice_weight, dice_loss(o.dice_variant, names, None))])
+    return WeightedSum([(1.0, _ce(o, names, weights, None)), (o.dice_weight, dice_loss(o.dice_variant, classes))])
 
 
 def _focal(o: Any, names: list[str], weights: Optional[torch.Tensor], classes: Optional[list[int]]) -> nn.Module:
@@ -105,11 +105,14 @@ BUILDERS: dict[str, Builder] = builders_for(
 )
 
 
-def build_loss(cfg: LossConfig, class_names: list[str], class_weights: Optional[list[float]] = None) -> nn.Module:
+def build_loss(
+    cfg: LossConfig, class_names: list[str], class_weights: Optional[list[float]] = None, background: Optional[str] = None
+) -> nn.Module:
     """The loss `cfg.name` names; forward(logits, target) returns a scalar.
 
     class_weights: the per-class weights from `compute_class_weights`; required when
     `needs_class_weights(cfg)`, taken from the config when it lists them explicitly.
+    background: the label spec's background class, which the foreground-only Dice losses leave out.
     """
     setting = cfg.get("class_weights")
     if setting is None and class_weights is not None:
@@ -122,4 +125,9 @@ def build_loss(cfg: LossConfig, class_names: list[str], class_weights: Optional[
     weight_tensor = None if weights is None else torch.tensor([float(w) for w in weights])
     names = cfg.get("classes")
     classes = None if names is None else [class_names.index(n) for n in names]
+    dice_kind = cfg.get("dice_variant") if cfg.name == "ce_dice" else cfg.name
+    if dice_kind.startswith("dice_fg"):
+        if background not in class_names:
+            raise ValueError(f"loss {cfg.name!r} leaves out the background class: pass background= (one of {class_names})")
+        classes = [i for i, n in enumerate(class_names) if n != background]
     return SegLoss(cfg.name, BUILDERS[cfg.name](cfg.options, class_names, weight_tensor, classes), IGNORE_INDEX)

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from seg_pet.labels import BACKGROUND, IGNORE_INDEX
+from seg_pet.labels import IGNORE_INDEX
 
 _EPS = 1e-7  # same denominator clamp as smp's soft_dice_score, so dice and dice_sq agree
 
@@ -53,9 +53,9 @@ class SquaredDiceLoss(nn.Module):
         return loss.mean()
 
 
-def dice_loss(variant: str, class_names: list[str], classes: Optional[list[int]]) -> nn.Module:
-    if variant.startswith("dice_fg"):
-        classes = [i for i, n in enumerate(class_names) if n != BACKGROUND]
+def dice_loss(variant: str, classes: Optional[list[int]]) -> nn.Module:
+    """Dice over `classes` (None: all); the foreground-only variants get the classes without the background
+    from build_loss (the label spec's `background`)."""
     if variant.endswith("_sq"):
         return SquaredDiceLoss(classes=classes, ignore_index=IGNORE_INDEX)
     return smp.losses.DiceLoss(mode="multiclass", classes=classes, ignore_index=IGNORE_INDEX)

@@ -30,7 +30,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from seg_pet.labels import class_to_trimap
+from seg_pet.labels import LabelSpec
 from seg_pet.predict.images import ImageReadError, load_rgb
 from seg_pet.predict.inputs import InputImage
 from seg_pet.predict.predictor import Predictor
@@ -86,14 +86,23 @@ def csv_fields(class_names: Sequence[str]) -> list[str]:
     return ["path", "mask", "width", "height", *[f"share_{name}" for name in class_names], "seconds", "status", "error"]
 
 
-def encode_mask(mask: np.ndarray, fmt: str, border: str, num_classes: int) -> Image.Image:
-    """index: class ids (mode L); trimap: the dataset's codes 1 pet, 2 background, 3 border (mode L); color: the palette (RGB)."""
+def check_format(fmt: str, spec: LabelSpec) -> None:
+    """`trimap` writes the Oxford-IIIT Pet trimap codes: only a run trained on Pet trimaps has them."""
+    if fmt == "trimap" and spec.coding != "trimap":
+        raise SegPetError(
+            f"--format trimap: this run's masks are not Pet trimaps (classes {list(spec.names)}); use --format index or color"
+        )
+
+
+def encode_mask(mask: np.ndarray, fmt: str, spec: LabelSpec) -> Image.Image:
+    """index: class ids (mode L); trimap: the Pet dataset's own trimap codes (mode L); color: the spec's palette (RGB)."""
     if fmt == "index":
         return Image.fromarray(mask, "L")
     if fmt == "trimap":
-        return Image.fromarray(class_to_trimap(border)[mask], "L")
+        check_format(fmt, spec)
+        return Image.fromarray(spec.class_to_code()[mask], "L")
     if fmt == "color":
-        return Image.fromarray(colorize(mask, num_classes), "RGB")
+        return Image.fromarray(colorize(mask, spec.num_classes, spec.palette_array()), "RGB")
     raise ValueError(f"unknown mask format {fmt!r}")
 
 
@@ -211,9 +220,9 @@ class _Job:
         item, paths = self.planned[decoded.index]
         names, num_classes = self.predictor.class_names, self.predictor.num_classes
         mask = logits.argmax(0).to(torch.uint8).cpu().numpy()
-        _save_png(paths["mask"], encode_mask(mask, self.options.fmt, self.predictor.border, num_classes))
+        _save_png(paths["mask"], encode_mask(mask, self.options.fmt, self.predictor.spec))
         if self.options.overlay:
-            save_overlay(paths["overlay"], decoded.rgb, mask, num_classes)
+            save_overlay(paths["overlay"], decoded.rgb, mask, num_classes, self.predictor.spec.palette_array())
         if self.options.probabilities:
             _save_npz(paths["probabilities"], torch.softmax(logits, dim=0).cpu().numpy().astype(np.float32), names)
         counts = np.bincount(mask.ravel(), minlength=num_classes)
@@ -253,6 +262,7 @@ def predict_files(
     predicts the rest, earlier failures included; `overwrite` replaces them.
     """
     out_dir = Path(out_dir)
+    check_format(options.fmt, predictor.spec)
     job = _Job(predictor, inputs, out_dir, options)
     if out_dir.is_dir():
         remove_partial_files(out_dir)  # temporary files of a killed earlier call

@@ -20,9 +20,10 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision import tv_tensors
 
-from seg_pet.config import Config
+from seg_pet.config import Config, label_spec
 from seg_pet.data.transforms import eval_transforms
 from seg_pet.evaluation import load_run
+from seg_pet.labels import LabelSpec
 from seg_pet.predict.images import ImageLike, as_rgb
 from seg_pet.runtime.device import Runtime
 from seg_pet.runtime.errors import ConfigError, first_line
@@ -89,8 +90,9 @@ class Predictor:
         return self.cfg.data.image_size
 
     @property
-    def border(self) -> str:
-        return self.cfg.data.border
+    def spec(self) -> LabelSpec:
+        """The run's classes and mask coding (seg_pet.labels.LabelSpec), from its config."""
+        return label_spec(self.cfg.data)
 
     def preprocess(self, rgb: np.ndarray) -> torch.Tensor:
         """RGB uint8 (H, W, 3) -> the normalised float (3, S, S) the model sees, exactly as evaluation makes it."""

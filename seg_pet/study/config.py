@@ -12,7 +12,7 @@ import torch
 
 from seg_pet.config import apply_override, build_section, option, read_yaml, suggest
 from seg_pet.config.loading import schema_sections
-from seg_pet.labels import BACKGROUND, class_names
+from seg_pet.labels import BACKGROUND, pet_spec
 from seg_pet.runtime.errors import ConfigError
 from seg_pet.study.losses import LOSS_FAMILIES
 from seg_pet.training.optim import build_optimizer
@@ -155,7 +155,7 @@ def study_config_to_dict(cfg: StudyConfig) -> dict[str, Any]:
 def class_names_for(source: str) -> list[str]:
     if source == "toy":
         return list(TOY_CLASSES)
-    return class_names("class")
+    return list(pet_spec("class").names)
 
 
 def validate_study(cfg: StudyConfig) -> None:

@@ -96,7 +96,7 @@ def build_project(names: list[str], class_names: list[str], pixel_counts: list[i
     for name in names:
         cfg = build_loss_section({"name": name})
         weights = compute_class_weights("inverse", pixel_counts) if needs_class_weights(cfg) else None
-        losses[name] = build_loss(cfg, class_names, class_weights=weights)
+        losses[name] = build_loss(cfg, class_names, class_weights=weights, background=BACKGROUND)
     return losses
 
 
@@ -110,7 +110,9 @@ class LossFamily:
 LOSS_FAMILIES: dict[str, LossFamily] = {
     "classic": LossFamily(tuple(CLASSIC_LOSSES), build_classic, lambda name, class_names: None),
     "project": LossFamily(
-        tuple(LOSSES), build_project, lambda name, class_names: validate_loss(build_loss_section({"name": name}), class_names)
+        tuple(LOSSES),
+        build_project,
+        lambda name, class_names: validate_loss(build_loss_section({"name": name}), class_names, BACKGROUND),
     ),
 }
 

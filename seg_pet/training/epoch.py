@@ -19,7 +19,7 @@ from seg_pet.checkpoint import save_checkpoint
 from seg_pet.config import Config
 from seg_pet.data.cache import cache_datasets
 from seg_pet.data.loaders import epoch_train_loader, move_caches_to_device, val_loader_for
-from seg_pet.data.oxford import PetSegmentation
+from seg_pet.data.segmentation import SegmentationDataset
 from seg_pet.data.transforms import denormalize
 from seg_pet.evaluation import evaluate_batches
 from seg_pet.metrics import compute_metrics
@@ -37,15 +37,15 @@ from seg_pet.viz import save_overlay, save_panel
 
 
 class EpochData(NamedTuple):
-    train_set: PetSegmentation
-    val_set: PetSegmentation
+    train_set: SegmentationDataset
+    val_set: SegmentationDataset
     on_device: Any  # data.cache: device: the decoded images on the training device, else None
     val_loader: Optional[Any]  # None without a validation split (data.val_fraction: 0)
     overlay_indices: list[int]  # the validation images drawn every epoch
 
 
 def prepare_data(
-    cfg: Config, datasets: dict[str, PetSegmentation], setup: Setup, runtime: Runtime, log: Callable[[str], None]
+    cfg: Config, datasets: dict[str, SegmentationDataset], setup: Setup, runtime: Runtime, log: Callable[[str], None]
 ) -> EpochData:
     """The caches filled (data.cache) before any loader worker is forked, and the validation loader."""
     if cfg.data.cache != "none":
@@ -157,7 +157,7 @@ def overlay_indices(num_images: int, count: int) -> list[int]:
 
 
 @torch.inference_mode()
-def save_epoch_overlays(model, dataset: PetSegmentation, indices: list[int], folder, runtime: Runtime, names: list[str]) -> None:
+def save_epoch_overlays(model, dataset: SegmentationDataset, indices: list[int], folder, runtime: Runtime, names: list[str]) -> None:
     model.eval()
     for idx in indices:
         image, target = dataset[idx]
@@ -168,5 +168,6 @@ def save_epoch_overlays(model, dataset: PetSegmentation, indices: list[int], fol
         pred = logits.float().argmax(1)[0].cpu().numpy()
         rgb = denormalize(image)
         stem = dataset.name(idx)
-        save_overlay(folder / f"{stem}_overlay.png", rgb, pred)
-        save_panel(folder / f"{stem}_panel.png", rgb, target.numpy(), pred, names, title=f"{stem} ({folder.name})")
+        palette = dataset.spec.palette_array()
+        save_overlay(folder / f"{stem}_overlay.png", rgb, pred, len(names), palette)
+        save_panel(folder / f"{stem}_panel.png", rgb, target.numpy(), pred, names, title=f"{stem} ({folder.name})", palette=palette)

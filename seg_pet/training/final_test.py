@@ -7,7 +7,7 @@ from typing import Any
 
 from seg_pet.checkpoint import load_checkpoint, load_model_weights
 from seg_pet.config import Config
-from seg_pet.data.oxford import PetSegmentation
+from seg_pet.data.segmentation import SegmentationDataset
 from seg_pet.evaluation import evaluate_split, write_test_outputs
 from seg_pet.metrics import format_table
 from seg_pet.runtime.device import Runtime
@@ -19,7 +19,7 @@ from seg_pet.training.guard import saved_note
 
 
 def test_once(
-    model, test_set: PetSegmentation, cfg: Config, runtime: Runtime, names: list[str], log: Callable[[str], None]
+    model, test_set: SegmentationDataset, cfg: Config, runtime: Runtime, names: list[str], log: Callable[[str], None]
 ) -> dict[str, Any]:
     """The test split is touched once: the best checkpoint, after the last epoch.
 

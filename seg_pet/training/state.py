@@ -18,10 +18,10 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from seg_pet.checkpoint import load_checkpoint, load_model_weights, save_checkpoint
-from seg_pet.config import Config, config_to_dict, dump_config
+from seg_pet.config import Config, config_to_dict, dump_config, label_spec
 from seg_pet.config.numbers import check_class_weights, plan_batches
 from seg_pet.data.loaders import count_pixels, resolve_num_workers
-from seg_pet.data.oxford import PetSegmentation
+from seg_pet.data.segmentation import SegmentationDataset
 from seg_pet.losses import build_loss, compute_class_weights, needs_class_weights
 from seg_pet.models import build_model
 from seg_pet.runtime.device import Runtime
@@ -92,7 +92,7 @@ def build_setup(
     cfg: Config,
     names: list[str],
     runtime: Runtime,
-    train_set: PetSegmentation,
+    train_set: SegmentationDataset,
     resume_state: Optional[dict[str, Any]],
     log: Callable[[str], None],
 ) -> Setup:
@@ -119,7 +119,9 @@ def build_setup(
     if cfg.train.sync_bn and is_distributed():
         model = global_batch_norm(model, runtime)
     model = runtime.place(model)
-    loss_fn = build_loss(cfg.loss, names, weights).to(runtime.device)  # class weights are buffers: follow the logits
+    loss_fn = build_loss(cfg.loss, names, weights, background=train_set.spec.background).to(
+        runtime.device
+    )  # class weights are buffers: follow the logits
     o = cfg.optim
     optimizer = build_optimizer(o.name, model.parameters(), lr=o.lr, weight_decay=o.weight_decay, momentum=o.momentum)
     step_model = data_parallel(model, runtime) if is_distributed() else model
@@ -167,6 +169,7 @@ def checkpoint_state(setup: Setup, progress: Progress, cfg: Config, names: list[
         "global_batch": setup.batch_size * len(rngs),
         "config": config_to_dict(cfg),
         "class_names": names,
+        "labels": label_spec(cfg.data).to_dict(),  # the classes and mask coding (seg_pet.labels.LabelSpec)
         "epoch": epoch,
         "best_miou": progress.best_miou,
         "best_epoch": progress.best_epoch,

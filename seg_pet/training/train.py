@@ -11,9 +11,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Optional
 
-from seg_pet.config import Config
+from seg_pet.config import Config, label_spec
 from seg_pet.data.sources import build_datasets, build_test_dataset
-from seg_pet.labels import class_names
 from seg_pet.runtime.device import Runtime
 from seg_pet.runtime.distributed import is_main, join_process_group, world_size
 from seg_pet.runtime.runpaths import RunPaths
@@ -52,7 +51,7 @@ def train(
     seed_everything(cfg.run.seed)
     runtime.apply_backend_flags()
     resume_state = load_resume_state(cfg, stop_after_epoch) if resume else None
-    names = class_names(cfg.data.border)
+    names = list(label_spec(cfg.data).names)
     datasets = build_datasets(cfg)
     test_set = build_test_dataset(cfg) if test else None  # file checks only: no test pixel is read until the end
     join_process_group(runtime.device, cfg.train.dist_timeout)  # under torchrun; nothing otherwise

@@ -183,7 +183,7 @@ def test_read_only_data_root_falls_back_to_the_run_folder(root, tmp_path):
 
 def _original_area(ds) -> int:
     total = 0
-    for path in ds.trimaps:
+    for path in ds.masks:
         with Image.open(path) as im:
             total += im.size[0] * im.size[1]
     return total

@@ -40,7 +40,7 @@ def predictor(run_dir) -> Predictor:
 def val_files(run_dir: Path) -> tuple[list[Path], list[Path]]:
     """The run's validation images and trimaps, in the order evaluation visits them."""
     val = build_datasets(load_config(run_dir / "config.yaml"))["val"]
-    return list(val.images), list(val.trimaps)
+    return list(val.images), list(val.masks)
 
 
 def read_rows(path: Path) -> list[dict[str, str]]:

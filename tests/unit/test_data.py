@@ -12,10 +12,11 @@ from torchvision import tv_tensors
 
 from seg_pet.config import load_config
 from seg_pet.data.loaders import count_pixels
-from seg_pet.data.oxford import PetSegmentation, SplitFiles, open_split, read_image, stratified_split
+from seg_pet.data.oxford import open_split, read_image, stratified_split
+from seg_pet.data.segmentation import SegmentationDataset, SplitFiles
 from seg_pet.data.sources import build_datasets, build_test_dataset
 from seg_pet.data.transforms import BatchAugment, denormalize, eval_transforms, train_transforms
-from seg_pet.labels import IGNORE_INDEX, class_names
+from seg_pet.labels import IGNORE_INDEX, class_names, pet_spec
 from seg_pet.runtime.errors import DataError
 from tests.conftest import PET_DIR, SHARED_DATA, requires_pet, tiny_overrides
 
@@ -23,8 +24,8 @@ TRIMAP = torch.tensor([[1, 2, 3], [3, 2, 1]], dtype=torch.uint8)
 
 
 def remap_trimap(trimap: torch.Tensor, border: str) -> torch.Tensor:
-    """The dataset's own remap: the label lookup PetSegmentation applies to every trimap it yields."""
-    return PetSegmentation(SplitFiles("none", Path("none.txt"), [], [], []), [], border).lut[trimap.long()]
+    """The dataset's own remap: the label lookup the dataset applies to every Pet trimap it yields."""
+    return SegmentationDataset(SplitFiles("none", Path("none.txt"), [], []), [], pet_spec(border)).lut[trimap.long()]
 
 
 @pytest.mark.parametrize(
@@ -159,6 +160,6 @@ def test_torchvision_file_lists_are_read_through_one_adapter() -> None:
     raw = OxfordIIITPet(SHARED_DATA, split="trainval", target_types="segmentation")
     files = split_files(raw, "trainval")
     assert len(files) == len(raw) == 200
-    assert all(p.suffix == ".jpg" for p in files.images) and all(p.suffix == ".png" for p in files.trimaps)
+    assert all(p.suffix == ".jpg" for p in files.images) and all(p.suffix == ".png" for p in files.masks)
     assert files.list_file == SHARED_DATA / "oxford-iiit-pet" / "annotations" / "trainval.txt"
     assert sorted(set(files.groups)) == [0, 1]  # two breeds in the slice

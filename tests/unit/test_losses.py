@@ -27,7 +27,7 @@ def Cfg(name: str = "ce", **options) -> LossConfig:
 
 
 def validate_loss_options(cfg: LossConfig, names: list[str]) -> None:
-    validate_loss(cfg, names)
+    validate_loss(cfg, names, "background")
 
 
 def make_target(num_classes: int, seed: int = 0, shape=(2, 6, 6), ignore: bool = True) -> torch.Tensor:
@@ -48,7 +48,7 @@ def make_loss(cfg: Cfg, num_classes: int, target: torch.Tensor):
     weights = None
     if needs_class_weights(cfg):
         weights = compute_class_weights(cfg.get("class_weights"), pixel_counts(target, num_classes))
-    return build_loss(cfg, names, class_weights=weights)
+    return build_loss(cfg, names, class_weights=weights, background="background")
 
 
 def confident_logits(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -117,7 +117,7 @@ def test_all_ignored_batch_gives_zero_not_nan(name: str) -> None:
     # torch CE and smp focal would return NaN, smp Lovasz an empty tensor.
     target = torch.full((1, 4, 4), IGNORE)
     weights = [1.0, 1.0, 1.0] if needs_class_weights(Cfg(name=name)) else None
-    loss = build_loss(Cfg(name=name), CLASS_NAMES[3], class_weights=weights)
+    loss = build_loss(Cfg(name=name), CLASS_NAMES[3], class_weights=weights, background="background")
     logits = torch.randn(1, 3, 4, 4, requires_grad=True)
     value = loss(logits, target)
     value.backward()
@@ -148,11 +148,11 @@ def test_dice_matches_formula() -> None:
     logits, target = _random_case()
     inter, psum, _, gsum = _soft_stats(logits, target)
     per_class = 1 - 2 * inter / (psum + gsum)
-    loss = build_loss(Cfg(name="dice"), CLASS_NAMES[3])
+    loss = build_loss(Cfg(name="dice"), CLASS_NAMES[3], background="background")
     assert loss(logits, target).item() == pytest.approx(per_class.mean().item(), rel=1e-5)
-    only_border = build_loss(Cfg(name="dice", classes=["border"]), CLASS_NAMES[3])
+    only_border = build_loss(Cfg(name="dice", classes=["border"]), CLASS_NAMES[3], background="background")
     assert only_border(logits, target).item() == pytest.approx(per_class[2].item(), rel=1e-5)
-    fg = build_loss(Cfg(name="dice_fg"), CLASS_NAMES[3])
+    fg = build_loss(Cfg(name="dice_fg"), CLASS_NAMES[3], background="background")
     assert fg(logits, target).item() == pytest.approx(per_class[[0, 2]].mean().item(), rel=1e-5)
 
 
@@ -160,12 +160,12 @@ def test_dice_sq_matches_formula() -> None:
     logits, target = _random_case()
     inter, _, p2sum, gsum = _soft_stats(logits, target)
     per_class = 1 - 2 * inter / (p2sum + gsum)
-    loss = build_loss(Cfg(name="dice_sq"), CLASS_NAMES[3])
+    loss = build_loss(Cfg(name="dice_sq"), CLASS_NAMES[3], background="background")
     assert loss(logits, target).item() == pytest.approx(per_class.mean().item(), rel=1e-5)
-    fg = build_loss(Cfg(name="dice_fg_sq"), CLASS_NAMES[3])
+    fg = build_loss(Cfg(name="dice_fg_sq"), CLASS_NAMES[3], background="background")
     assert fg(logits, target).item() == pytest.approx(per_class[[0, 2]].mean().item(), rel=1e-5)
     # On these random logits the squared denominator gives a different value than plain Dice.
-    plain = build_loss(Cfg(name="dice"), CLASS_NAMES[3])(logits, target)
+    plain = build_loss(Cfg(name="dice"), CLASS_NAMES[3], background="background")(logits, target)
     assert abs(loss(logits, target).item() - plain.item()) > 1e-3
 
 
@@ -179,7 +179,7 @@ def test_dice_absent_class_scores_zero_but_counts_in_mean() -> None:
         pred_sum = psum if denom == 1 else p2sum
         per_class = 1 - 2 * inter / (pred_sum + gsum)
         expected = per_class[:2].sum() / 3
-        loss = build_loss(Cfg(name=name), CLASS_NAMES[3])
+        loss = build_loss(Cfg(name=name), CLASS_NAMES[3], background="background")
         assert loss(logits, target).item() == pytest.approx(expected.item(), rel=1e-5)
 
 
@@ -187,27 +187,27 @@ def test_tversky_and_jaccard_match_formula() -> None:
     logits, target = _random_case()
     inter, psum, _, gsum = _soft_stats(logits, target)
     fp, fn = psum - inter, gsum - inter
-    tversky = build_loss(Cfg(name="tversky", alpha=0.7, beta=0.3), CLASS_NAMES[3])
+    tversky = build_loss(Cfg(name="tversky", alpha=0.7, beta=0.3), CLASS_NAMES[3], background="background")
     expected = (1 - inter / (inter + 0.7 * fp + 0.3 * fn)).mean()
     assert tversky(logits, target).item() == pytest.approx(expected.item(), rel=1e-5)
-    jaccard = build_loss(Cfg(name="jaccard"), CLASS_NAMES[3])
+    jaccard = build_loss(Cfg(name="jaccard"), CLASS_NAMES[3], background="background")
     expected = (1 - inter / (psum + gsum - inter)).mean()
     assert jaccard(logits, target).item() == pytest.approx(expected.item(), rel=1e-5)
     # Tversky's defaults alpha = beta = 0.5 are Dice.
-    default = build_loss(Cfg(name="tversky"), CLASS_NAMES[3])(logits, target)
-    dice = build_loss(Cfg(name="dice"), CLASS_NAMES[3])(logits, target)
+    default = build_loss(Cfg(name="tversky"), CLASS_NAMES[3], background="background")(logits, target)
+    dice = build_loss(Cfg(name="dice"), CLASS_NAMES[3], background="background")(logits, target)
     assert default.item() == pytest.approx(dice.item(), rel=1e-6)
 
 
 def test_ce_one_hot_target_as_logits_is_not_zero() -> None:
     target = torch.tensor([[[0, 1, 2, 1]]])
     onehot_logits = F.one_hot(target, 3).permute(0, 3, 1, 2).float()
-    ce = build_loss(Cfg(name="ce"), CLASS_NAMES[3])
+    ce = build_loss(Cfg(name="ce"), CLASS_NAMES[3], background="background")
     expected = -math.log(math.e / (math.e + 2))
     assert expected == pytest.approx(0.5514, abs=1e-4)
     assert ce(onehot_logits, target).item() == pytest.approx(expected, rel=1e-6)
     assert ce(torch.zeros(1, 3, 1, 4), target).item() == pytest.approx(math.log(3), rel=1e-6)
-    ce2 = build_loss(Cfg(name="ce"), CLASS_NAMES[2])
+    ce2 = build_loss(Cfg(name="ce"), CLASS_NAMES[2], background="background")
     assert ce2(torch.zeros(1, 2, 1, 4), target.clamp(max=1)).item() == pytest.approx(math.log(2), rel=1e-6)
 
 
@@ -217,29 +217,29 @@ def test_ce_label_smoothing_value() -> None:
     eps = 0.1
     nll_true = -math.log(math.e / (math.e + 2))
     mean_nll = (nll_true + 2 * math.log(math.e + 2)) / 3  # -mean_c log p_c
-    ce = build_loss(Cfg(name="ce", label_smoothing=eps), CLASS_NAMES[3])
+    ce = build_loss(Cfg(name="ce", label_smoothing=eps), CLASS_NAMES[3], background="background")
     assert ce(onehot_logits, target).item() == pytest.approx((1 - eps) * nll_true + eps * mean_nll, rel=1e-6)
 
 
 def test_wce_matches_manual_weighted_ce() -> None:
     logits, target = _random_case()
     weights = [0.5, 2.0, 4.0]
-    loss = build_loss(Cfg(name="wce", class_weights=weights), CLASS_NAMES[3])
+    loss = build_loss(Cfg(name="wce", class_weights=weights), CLASS_NAMES[3], background="background")
     valid = target != IGNORE
     logp = logits.log_softmax(1).permute(0, 2, 3, 1)[valid]  # (P, C)
     t = target[valid]
     w = torch.tensor(weights)[t]
     expected = -(w * logp[torch.arange(len(t)), t]).sum() / w.sum()
     assert loss(logits, target).item() == pytest.approx(expected.item(), rel=1e-5)
-    unweighted = build_loss(Cfg(name="ce"), CLASS_NAMES[3])(logits, target)
+    unweighted = build_loss(Cfg(name="ce"), CLASS_NAMES[3], background="background")(logits, target)
     assert abs(unweighted.item() - expected.item()) > 1e-3
 
 
 def test_ce_dice_is_ce_plus_weighted_dice() -> None:
     logits, target = _random_case()
-    ce = build_loss(Cfg(name="ce"), CLASS_NAMES[3])(logits, target)
-    dice_sq = build_loss(Cfg(name="dice_sq"), CLASS_NAMES[3])(logits, target)
-    combo = build_loss(Cfg(name="ce_dice", dice_weight=0.3, dice_variant="dice_sq"), CLASS_NAMES[3])
+    ce = build_loss(Cfg(name="ce"), CLASS_NAMES[3], background="background")(logits, target)
+    dice_sq = build_loss(Cfg(name="dice_sq"), CLASS_NAMES[3], background="background")(logits, target)
+    combo = build_loss(Cfg(name="ce_dice", dice_weight=0.3, dice_variant="dice_sq"), CLASS_NAMES[3], background="background")
     assert combo(logits, target).item() == pytest.approx((ce + 0.3 * dice_sq).item(), rel=1e-6)
 
 
@@ -251,10 +251,10 @@ def test_focal_is_one_vs_rest_sigmoid_focal() -> None:
     y = F.one_hot(target[valid], 3).float()
     bce = F.binary_cross_entropy_with_logits(x, y, reduction="none")
     per_class = ((1 - torch.exp(-bce)) ** 2 * bce).mean(0)
-    focal = build_loss(Cfg(name="focal"), CLASS_NAMES[3])
+    focal = build_loss(Cfg(name="focal"), CLASS_NAMES[3], background="background")
     assert focal(logits, target).item() == pytest.approx(per_class.mean().item(), rel=1e-5)
     weights = [1.0, 2.0, 5.0]
-    weighted = build_loss(Cfg(name="focal", class_weights=weights), CLASS_NAMES[3])
+    weighted = build_loss(Cfg(name="focal", class_weights=weights), CLASS_NAMES[3], background="background")
     expected = (per_class * torch.tensor(weights)).sum() / sum(weights)
     assert weighted(logits, target).item() == pytest.approx(expected.item(), rel=1e-5)
 
@@ -291,7 +291,7 @@ def test_needs_class_weights_and_build_requirements() -> None:
     assert not needs_class_weights(Cfg(name="wce", class_weights=[1.0, 2.0, 3.0]))
     assert not needs_class_weights(Cfg(name="dice"))
     with pytest.raises(ValueError, match="compute_class_weights"):
-        build_loss(Cfg(name="wce"), CLASS_NAMES[3])
+        build_loss(Cfg(name="wce"), CLASS_NAMES[3], background="background")
     with pytest.raises(ValueError, match="without them"):
         build_loss(Cfg(name="dice"), CLASS_NAMES[3], class_weights=[1.0, 1.0, 1.0])
 

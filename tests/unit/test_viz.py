@@ -12,9 +12,8 @@ import pytest
 import torch
 from PIL import Image
 
+from seg_pet.labels import IGNORE_INDEX, PALETTE
 from seg_pet.viz import (
-    IGNORE_INDEX,
-    PALETTE,
     colorize,
     normalise_rows,
     overlay,
