@@ -131,8 +131,9 @@ def save_panel(
     class_names: Sequence[str],
     title: str | None = None,
     show_iou: bool = True,
+    errors: bool = False,
 ) -> None:
-    """One PNG: image | ground truth | prediction, with a colour legend and per-image IoU."""
+    """One PNG: image | ground truth | prediction (| error map, with `errors`), with a colour legend and per-image IoU."""
     num_classes = len(class_names)
     img = _as_image(image)
     target = _as_mask(target)
@@ -142,13 +143,14 @@ def save_panel(
     h, w = img.shape[:2]
     panel_w = 3.2
     panel_h = min(max(panel_w * h / w, 1.6), 6.0)
-    fig = new_figure(3 * panel_w, panel_h + 1.1)
-    axes = fig.subplots(1, 3)
-    for ax, picture, label in zip(
-        axes,
-        (img, colorize(target, num_classes), colorize(pred, num_classes)),
-        ("image", "ground truth", "prediction"),
-    ):
+    pictures = [img, colorize(target, num_classes), colorize(pred, num_classes)]
+    labels = ["image", "ground truth", "prediction"]
+    if errors:
+        pictures.append(error_map(img, target, pred))
+        labels.append("errors (red)")
+    fig = new_figure(len(pictures) * panel_w, panel_h + 1.1)
+    axes = fig.subplots(1, len(pictures))
+    for ax, picture, label in zip(axes, pictures, labels):
         ax.imshow(picture, interpolation="nearest")
         ax.set_title(label, fontsize=10)
         ax.set_xticks([])
@@ -171,6 +173,19 @@ def save_panel(
     )
     fig.subplots_adjust(left=0.02, right=0.98, bottom=0.12, top=0.88 - 0.04 * len(lines), wspace=0.05)
     save_figure(fig, path)
+
+
+ERROR_COLOUR = np.array([230, 20, 20], dtype=np.uint8)
+
+
+def error_map(image: np.ndarray, target: np.ndarray, pred: np.ndarray) -> np.ndarray:
+    """The image dimmed to grey, wrong pixels in red, pixels whose target is ignored in the ignore colour."""
+    grey = (_as_image(image).astype(np.float32).mean(axis=2, keepdims=True) * 0.5).astype(np.uint8)
+    out = np.repeat(grey, 3, axis=2)
+    target, pred = _as_mask(target), _as_mask(pred)
+    out[(target != pred) & (target != IGNORE_INDEX)] = ERROR_COLOUR
+    out[target == IGNORE_INDEX] = IGNORE_COLOUR
+    return out
 
 
 def _num(value: Any) -> float:

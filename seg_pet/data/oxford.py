@@ -48,6 +48,8 @@ class SplitFiles:
     images: list[Path]
     trimaps: list[Path]
     groups: list[int]
+    # what each image belongs to, for per-group results (Pet: {"breed": ..., "species": ...}); None: no groups
+    group_labels: Optional[list[dict[str, str]]] = None
 
     def __len__(self) -> int:
         return len(self.images)
@@ -64,7 +66,15 @@ def split_files(dataset: OxfordIIITPet, name: str) -> SplitFiles:
     except AttributeError as exc:  # pragma: no cover - only with an incompatible torchvision
         raise RuntimeError(f"this torchvision's OxfordIIITPet has no attribute {exc.name!r}: seg_pet needs an update") from None
     list_file = Path(dataset.root) / "oxford-iiit-pet" / "annotations" / f"{name}.txt"
-    return SplitFiles(name, list_file, images, trimaps, groups)
+    species = list(getattr(dataset, "_bin_labels", [])) or [None] * len(images)
+    labels = [
+        {
+            "breed": " ".join(part.title() for part in path.stem.rsplit("_", 1)[0].split("_")),
+            "species": ("cat", "dog")[s] if s in (0, 1) else "?",
+        }
+        for path, s in zip(images, species)
+    ]
+    return SplitFiles(name, list_file, images, trimaps, groups, labels)
 
 
 # --------------------------------------------------------------------------- files
@@ -185,6 +195,7 @@ class PetSegmentation(Dataset):
         self.images = [split.images[i] for i in indices]
         self.trimaps = [split.trimaps[i] for i in indices]
         self.breeds = [split.groups[i] for i in indices]
+        self.group_labels = [split.group_labels[i] for i in indices] if split.group_labels is not None else None
         self.border = border
         self.transforms = transforms
         self.lut = torch.from_numpy(trimap_lut(border))
@@ -214,6 +225,10 @@ class PetSegmentation(Dataset):
 
     def name(self, idx: int) -> str:
         return self.images[idx].stem
+
+    def group(self, idx: int) -> Optional[dict[str, str]]:
+        """What image `idx` belongs to (Pet: breed and species), or None for a source without groups."""
+        return dict(self.group_labels[idx]) if self.group_labels is not None else None
 
 
 def stratified_split(labels: list[int], val_fraction: float, seed: int) -> tuple[list[int], list[int]]:

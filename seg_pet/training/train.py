@@ -37,7 +37,7 @@ from seg_pet.data.loaders import epoch_train_loader, move_caches_to_device, val_
 from seg_pet.data.oxford import PetSegmentation
 from seg_pet.data.sources import build_datasets, build_test_dataset
 from seg_pet.data.transforms import denormalize
-from seg_pet.evaluation import evaluate_batches, evaluate_split, write_test_outputs
+from seg_pet.evaluation import evaluate_batches, evaluate_split, format_groups, split_accumulators, write_details, write_test_outputs
 from seg_pet.labels import class_names
 from seg_pet.metrics import compute_metrics, format_table
 from seg_pet.runtime.device import Runtime
@@ -137,7 +137,7 @@ def train(
                     )
                 # Batch-norm statistics moved with each process's own images: evaluate with rank 0's, the ones saved.
                 broadcast_from_main(setup.weights.buffers())
-                metrics, val_loss = validate(setup, val_loader, runtime, names, epoch)
+                metrics, val_loss = validate(setup, val_loader, runtime, names, epoch, cfg)
                 record = EpochRecord(
                     epoch,
                     stats["loss"],
@@ -150,6 +150,8 @@ def train(
                     stats["grad_norm_max"],
                     lr,
                     time.perf_counter() - started,
+                    val_boundary_iou=metrics["boundary_iou"],
+                    val_mboundary_iou=metrics["mboundary_iou"],
                 )
                 record.warnings = epoch_warnings(record.row(), progress.rows, metrics, names)
                 progress.rows.append(record.row())
@@ -220,14 +222,17 @@ def write_initial_files(folder: Path, cfg: Config, setup: Setup, state: dict[str
     save_checkpoint(folder / "checkpoints" / "last.pt", state)  # resumable from the start
 
 
-def validate(setup: Setup, val_loader, runtime: Runtime, names: list[str], epoch: int) -> tuple[dict[str, Any], float]:
+def validate(setup: Setup, val_loader, runtime: Runtime, names: list[str], epoch: int, cfg: Config) -> tuple[dict[str, Any], float]:
     """Validation metrics and loss of this epoch's weights; all NaN when there is no validation split."""
     if val_loader is None:  # data.val_fraction: 0
-        return compute_metrics(torch.zeros(len(names), len(names), dtype=torch.int64), names), math.nan
-    matrix, val_loss = evaluate_batches(setup.eval_model, val_loader, len(names), runtime, loss_fn=setup.loss_fn, desc="val")
+        empty = compute_metrics(torch.zeros(len(names), len(names), dtype=torch.int64), names)
+        return {**empty, "boundary_iou": dict.fromkeys(names, math.nan), "mboundary_iou": math.nan}, math.nan
+    accumulators = split_accumulators(names, cfg)
+    metrics = evaluate_batches(setup.eval_model, val_loader, names, runtime, accumulators=accumulators, loss_fn=setup.loss_fn, desc="val")
+    val_loss = metrics.pop("loss")
     if not math.isfinite(val_loss):  # NaN weights: nothing of this epoch is saved, best.pt and last.pt stay
         raise TrainingDiverged(f"validation loss is {val_loss} after epoch {epoch}")
-    return compute_metrics(matrix.mat, names), val_loss
+    return metrics, val_loss
 
 
 def train_epoch(setup: Setup, loader, runtime: Runtime, cfg: Config, epoch: int, stop: DeferredStop) -> Optional[dict[str, float]]:
@@ -289,7 +294,7 @@ def test_once(
             best_epoch = best_state["epoch"]
             earlier = earlier_looks(run_dir, cfg, cfg)
         broadcast_from_main(model.state_dict().values())
-        test_metrics = evaluate_split(model, test_set, cfg, runtime, names, desc="test")
+        test_metrics = evaluate_split(model, test_set, cfg, runtime, names, desc="test", per_image=True)
         test_metrics = {
             "split": "test",
             "checkpoint": "best",
@@ -299,12 +304,15 @@ def test_once(
         }
         if master_process:
             record_test_evaluation(run_dir, cfg, command="train", checkpoint=best_path, epoch=best_epoch, forced=False)
+            write_details(run_dir, test_set, test_metrics, model, cfg, runtime, names)
             write_test_outputs(run_dir, test_metrics, names)  # atomic files, test_metrics.json last
     if earlier:
         log(f"\nnote: this test set was evaluated {len(earlier)} time(s) before this final evaluation ({LOG_NAME})")
     log(f"\ntest split, best checkpoint (epoch {test_metrics['checkpoint_epoch']}), {test_metrics['num_images']} images:")
     log(format_table(test_metrics, names))
-    return test_metrics if master_process else {}
+    if test_metrics.get("groups"):
+        log(format_groups(test_metrics["groups"], names))
+    return {k: v for k, v in test_metrics.items() if k != "per_image"} if master_process else {}
 
 
 def overlay_indices(num_images: int, count: int) -> list[int]:
