@@ -213,7 +213,7 @@ def _class_value(per_class: Any, index: int, name: str) -> float:
 
 
 def plot_curves(rows: Sequence[Mapping[str, Any]], class_names: Sequence[str], path: str | os.PathLike) -> None:
-    """Training curves: losses per epoch; val mIoU, per-class IoU and pixel accuracy per epoch.
+    """Training curves: losses per epoch; val mIoU, per-class IoU, mean boundary IoU and pixel accuracy per epoch.
 
     Missing keys and None/NaN values leave gaps; a single epoch shows as markers.
     """
@@ -243,6 +243,9 @@ def plot_curves(rows: Sequence[Mapping[str, Any]], class_names: Sequence[str], p
         colour = PALETTE[i] / 255.0 if i < len(PALETTE) else None
         values = [_class_value(r.get("val_iou"), i, name) for r in rows]
         ax.plot(epochs, values, label=f"IoU {name}", color=colour, linewidth=1.2, **marker)
+    biou = [_num(r.get("val_mboundary_iou")) for r in rows]
+    if not all(math.isnan(v) for v in biou):
+        ax.plot(epochs, biou, label="boundary IoU", color="black", linestyle=":", linewidth=1.5, **marker)
     acc = [_num(r.get("val_pixel_acc")) for r in rows]
     if not all(math.isnan(v) for v in acc):
         ax.plot(epochs, acc, label="pixel acc", color="grey", linestyle="--", linewidth=1.0, **marker)
@@ -266,6 +269,30 @@ def plot_curves(rows: Sequence[Mapping[str, Any]], class_names: Sequence[str], p
             ax.set_xlim(min(finite_epochs) - 1, max(finite_epochs) + 1)
     for ax in axes:
         ax.xaxis.get_major_locator().set_params(integer=True)
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+def plot_runs(runs: Mapping[str, Sequence[Mapping[str, Any]]], path: str | os.PathLike) -> None:
+    """Several runs' curves overlaid, one colour per run: losses (train solid, val dashed), val mIoU, val boundary IoU."""
+    fig = new_figure(13.0, 4.0)
+    axes = fig.subplots(1, 3)
+    colours = [f"C{i % 10}" for i in range(len(runs))]
+    marker = dict(marker="o", markersize=3.0)
+    for (label, rows), colour in zip(runs.items(), colours):
+        epochs = [_num(r.get("epoch", i + 1)) for i, r in enumerate(rows)]
+        axes[0].plot(epochs, [_num(r.get("train_loss")) for r in rows], color=colour, label=f"{label} train", **marker)
+        axes[0].plot(epochs, [_num(r.get("val_loss")) for r in rows], color=colour, linestyle="--", label=f"{label} val", **marker)
+        axes[1].plot(epochs, [_num(r.get("val_miou")) for r in rows], color=colour, label=label, **marker)
+        axes[2].plot(epochs, [_num(r.get("val_mboundary_iou")) for r in rows], color=colour, label=label, **marker)
+    for ax, title in zip(axes, ("loss (train solid, val dashed)", "validation mIoU", "validation boundary IoU")):
+        ax.set_title(title)
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        if ax is not axes[0]:
+            ax.set_ylim(0.0, 1.02)
+    axes[1].legend(fontsize=8, loc="lower right")
     fig.tight_layout()
     save_figure(fig, path)
 

@@ -22,7 +22,7 @@ import unicodedata
 from collections.abc import Sequence
 from typing import Optional
 
-from seg_pet.cli import doctor, evaluate, export, predict, study, train
+from seg_pet.cli import doctor, evaluate, export, predict, report, study, train
 from seg_pet.runtime.distributed import has_joined, launch, lost_contact
 from seg_pet.runtime.errors import SegPetError, TrainingDiverged, is_input_error
 from seg_pet.runtime.signals import Terminated, terminate_as_exception
@@ -34,6 +34,7 @@ COMMANDS = {
     "study": study,
     "predict": predict,
     "export": export,
+    "report": report,
 }
 
 
