@@ -221,7 +221,7 @@ def plot_curves(rows: Sequence[Mapping[str, Any]], class_names: Sequence[str], p
         raise ValueError("plot_curves needs at least one epoch row")
     epochs = [_num(r.get("epoch", i + 1)) for i, r in enumerate(rows)]
     has_lr = any(not math.isnan(_num(r.get("lr"))) for r in rows)
-    fig = new_figure(11.0 if has_lr else 9.0, 3.8)
+    fig = new_figure(12.5 if has_lr else 10.5, 3.8)
     axes = fig.subplots(1, 3 if has_lr else 2)
     marker = dict(marker="o", markersize=3.5)
 
@@ -253,7 +253,7 @@ def plot_curves(rows: Sequence[Mapping[str, Any]], class_names: Sequence[str], p
     ax.set_xlabel("epoch")
     ax.set_ylim(0.0, 1.02)  # a little headroom so a perfect 1.0 is not cut by the frame
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))  # beside the axes: inside it hid the low curves
 
     if has_lr:
         ax = axes[2]

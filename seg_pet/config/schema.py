@@ -249,18 +249,6 @@ class TrainConfig:
         choices=("best_val", "last"),
     )
     max_steps_per_epoch: Optional[int] = option(None, "cap on training steps per epoch (quick experiments, tests)", ge=1)
-    early_stop: Optional[int] = option(
-        None,
-        "stop after this many epochs in a row without a validation mIoU better than the best by more than "
-        "`train.early_stop_min_delta`, then test best.pt; cuts the learning-rate schedule short (it is planned for "
-        "optim.epochs); null = off",
-        ge=1,
-        le=100_000,
-    )
-    early_stop_min_delta: float = option(0.0, "the mIoU gain that counts as an improvement for `train.early_stop`", ge=0.0, le=1.0)
-    tensorboard: bool = option(
-        False, 'log to TensorBoard in <run>/tensorboard/ (needs the extra: pip install -e ".[tensorboard]"); see docs/outputs.md'
-    )
     sync_bn: bool = option(
         False,
         "under torchrun: batch-norm statistics over the global batch (SyncBatchNorm) instead of each process's own; ignored in one process",

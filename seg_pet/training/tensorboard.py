@@ -1,4 +1,5 @@
-"""TensorBoard logging (`train.tensorboard: true`, the optional extra `pip install -e ".[tensorboard]"`).
+"""TensorBoard logging (the optional extra `pip install -e ".[tensorboard]"`). Not yet called by train():
+the config key that turns it on and the calls from the epoch loop come with the restructured train.py.
 
 One event stream per run, in <run>/tensorboard/, written by rank 0 only; the step is the epoch.
 Per epoch: losses, lr, gradient norms, val mIoU, per-class IoU, boundary IoU, pixel accuracy, the
