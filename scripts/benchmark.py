@@ -431,7 +431,7 @@ def run_benchmark(args: argparse.Namespace, log: Callable[[str], None] = print) 
         sync(device)
         record(f"train_{cache}", clocked.rate(warmup, "processed"))
         clocked = Clocked(val_loader, total)
-        evaluate_batches(step_model, clocked, len(names), runtime, loss_fn=loss_fn, desc=f"eval {cache}")
+        evaluate_batches(step_model, clocked, names, runtime, loss_fn=loss_fn, desc=f"eval {cache}")
         sync(device)
         record(f"eval_{cache}", clocked.rate(warmup, "processed"))
 

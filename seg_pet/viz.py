@@ -144,8 +144,9 @@ def save_panel(
     title: str | None = None,
     show_iou: bool = True,
     palette: Optional[np.ndarray] = None,
+    errors: bool = False,
 ) -> None:
-    """One PNG: image | ground truth | prediction, with a colour legend and per-image IoU."""
+    """One PNG: image | ground truth | prediction (| error map, with `errors`), with a colour legend and per-image IoU."""
     num_classes = len(class_names)
     img = _as_image(image)
     target = _as_mask(target)
@@ -155,13 +156,14 @@ def save_panel(
     h, w = img.shape[:2]
     panel_w = 3.2
     panel_h = min(max(panel_w * h / w, 1.6), 6.0)
-    fig = new_figure(3 * panel_w, panel_h + 1.1)
-    axes = fig.subplots(1, 3)
-    for ax, picture, label in zip(
-        axes,
-        (img, colorize(target, num_classes, palette), colorize(pred, num_classes, palette)),
-        ("image", "ground truth", "prediction"),
-    ):
+    pictures = [img, colorize(target, num_classes, palette), colorize(pred, num_classes, palette)]
+    labels = ["image", "ground truth", "prediction"]
+    if errors:
+        pictures.append(error_map(img, target, pred))
+        labels.append("errors (red)")
+    fig = new_figure(len(pictures) * panel_w, panel_h + 1.1)
+    axes = fig.subplots(1, len(pictures))
+    for ax, picture, label in zip(axes, pictures, labels):
         ax.imshow(picture, interpolation="nearest")
         ax.set_title(label, fontsize=10)
         ax.set_xticks([])
@@ -184,6 +186,19 @@ def save_panel(
     )
     fig.subplots_adjust(left=0.02, right=0.98, bottom=0.12, top=0.88 - 0.04 * len(lines), wspace=0.05)
     save_figure(fig, path)
+
+
+ERROR_COLOUR = np.array([230, 20, 20], dtype=np.uint8)
+
+
+def error_map(image: np.ndarray, target: np.ndarray, pred: np.ndarray) -> np.ndarray:
+    """The image dimmed to grey, wrong pixels in red, pixels whose target is ignored in the ignore colour."""
+    grey = (_as_image(image).astype(np.float32).mean(axis=2, keepdims=True) * 0.5).astype(np.uint8)
+    out = np.repeat(grey, 3, axis=2)
+    target, pred = _as_mask(target), _as_mask(pred)
+    out[(target != pred) & (target != IGNORE_INDEX)] = ERROR_COLOUR
+    out[target == IGNORE_INDEX] = IGNORE_COLOUR
+    return out
 
 
 def _num(value: Any) -> float:
@@ -213,7 +228,7 @@ def _class_value(per_class: Any, index: int, name: str) -> float:
 def plot_curves(
     rows: Sequence[Mapping[str, Any]], class_names: Sequence[str], path: str | os.PathLike, palette: Optional[np.ndarray] = None
 ) -> None:
-    """Training curves: losses per epoch; val mIoU, per-class IoU and pixel accuracy per epoch.
+    """Training curves: losses per epoch; val mIoU, per-class IoU, mean boundary IoU and pixel accuracy per epoch.
 
     Missing keys and None/NaN values leave gaps; a single epoch shows as markers.
     """
@@ -221,7 +236,7 @@ def plot_curves(
         raise ValueError("plot_curves needs at least one epoch row")
     epochs = [_num(r.get("epoch", i + 1)) for i, r in enumerate(rows)]
     has_lr = any(not math.isnan(_num(r.get("lr"))) for r in rows)
-    fig = new_figure(11.0 if has_lr else 9.0, 3.8)
+    fig = new_figure(12.5 if has_lr else 10.5, 3.8)
     axes = fig.subplots(1, 3 if has_lr else 2)
     marker = dict(marker="o", markersize=3.5)
 
@@ -244,6 +259,9 @@ def plot_curves(
         colour = colours[i] / 255.0
         values = [_class_value(r.get("val_iou"), i, name) for r in rows]
         ax.plot(epochs, values, label=f"IoU {name}", color=colour, linewidth=1.2, **marker)
+    biou = [_num(r.get("val_mboundary_iou")) for r in rows]
+    if not all(math.isnan(v) for v in biou):
+        ax.plot(epochs, biou, label="boundary IoU", color="black", linestyle=":", linewidth=1.5, **marker)
     acc = [_num(r.get("val_pixel_acc")) for r in rows]
     if not all(math.isnan(v) for v in acc):
         ax.plot(epochs, acc, label="pixel acc", color="grey", linestyle="--", linewidth=1.0, **marker)
@@ -251,7 +269,7 @@ def plot_curves(
     ax.set_xlabel("epoch")
     ax.set_ylim(0.0, 1.02)  # a little headroom so a perfect 1.0 is not cut by the frame
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))  # beside the axes: inside it hid the low curves
 
     if has_lr:
         ax = axes[2]
@@ -267,6 +285,30 @@ def plot_curves(
             ax.set_xlim(min(finite_epochs) - 1, max(finite_epochs) + 1)
     for ax in axes:
         ax.xaxis.get_major_locator().set_params(integer=True)
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+def plot_runs(runs: Mapping[str, Sequence[Mapping[str, Any]]], path: str | os.PathLike) -> None:
+    """Several runs' curves overlaid, one colour per run: losses (train solid, val dashed), val mIoU, val boundary IoU."""
+    fig = new_figure(13.0, 4.0)
+    axes = fig.subplots(1, 3)
+    colours = [f"C{i % 10}" for i in range(len(runs))]
+    marker = dict(marker="o", markersize=3.0)
+    for (label, rows), colour in zip(runs.items(), colours):
+        epochs = [_num(r.get("epoch", i + 1)) for i, r in enumerate(rows)]
+        axes[0].plot(epochs, [_num(r.get("train_loss")) for r in rows], color=colour, label=f"{label} train", **marker)
+        axes[0].plot(epochs, [_num(r.get("val_loss")) for r in rows], color=colour, linestyle="--", label=f"{label} val", **marker)
+        axes[1].plot(epochs, [_num(r.get("val_miou")) for r in rows], color=colour, label=label, **marker)
+        axes[2].plot(epochs, [_num(r.get("val_mboundary_iou")) for r in rows], color=colour, label=label, **marker)
+    for ax, title in zip(axes, ("loss (train solid, val dashed)", "validation mIoU", "validation boundary IoU")):
+        ax.set_title(title)
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        if ax is not axes[0]:
+            ax.set_ylim(0.0, 1.02)
+    axes[1].legend(fontsize=8, loc="lower right")
     fig.tight_layout()
     save_figure(fig, path)
 

@@ -106,7 +106,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             train_s = time.perf_counter() - started
             started = time.perf_counter()
             evaluate_batches(
-                model, make_loader(val_set, args.batch_size, shuffle=False, num_workers=workers), len(names), runtime, loss_fn=loss_fn
+                model, make_loader(val_set, args.batch_size, shuffle=False, num_workers=workers), names, runtime, loss_fn=loss_fn
             )
             val_s = time.perf_counter() - started
             images = stats["steps"] * args.batch_size

@@ -22,7 +22,7 @@ import unicodedata
 from collections.abc import Sequence
 from typing import Optional
 
-from seg_pet.cli import doctor, evaluate, export, predict, study, train, tune
+from seg_pet.cli import doctor, evaluate, export, predict, report, study, train, tune
 from seg_pet.runtime.distributed import has_joined, launch, lost_contact
 from seg_pet.runtime.errors import SegPetError, TrainingDiverged, is_input_error
 from seg_pet.runtime.signals import Terminated, terminate_as_exception
@@ -35,6 +35,7 @@ COMMANDS = {
     "tune": tune,
     "predict": predict,
     "export": export,
+    "report": report,
 }
 
 

@@ -286,6 +286,16 @@ class EvalConfig:
         "see docs/use_your_model.md",
         choices=("none", "hflip", "hflip+scales"),
     )
+    boundary_width: float = option(
+        0.02,
+        "boundary IoU's band: pixels within this share of the image diagonal of a contour (at least 1 pixel; "
+        "0.02 as in Cheng et al. 2021); see docs/losses_and_metrics.md",
+        gt=0.0,
+        le=0.5,
+    )
+    worst: int = option(
+        8, "the lowest-mIoU images drawn as panels into worst/ by the end-of-training test and `evaluate --details`", ge=0, le=1000
+    )
 
 
 @dataclass

@@ -37,7 +37,15 @@ def split_files(dataset: OxfordIIITPet, name: str) -> SplitFiles:
     except AttributeError as exc:  # pragma: no cover - only with an incompatible torchvision
         raise RuntimeError(f"this torchvision's OxfordIIITPet has no attribute {exc.name!r}: seg_pet needs an update") from None
     list_file = Path(dataset.root) / "oxford-iiit-pet" / "annotations" / f"{name}.txt"
-    return SplitFiles(name, list_file, images, trimaps, groups)
+    species = list(getattr(dataset, "_bin_labels", [])) or [None] * len(images)
+    labels = [
+        {
+            "breed": " ".join(part.title() for part in path.stem.rsplit("_", 1)[0].split("_")),
+            "species": ("cat", "dog")[s] if s in (0, 1) else "?",
+        }
+        for path, s in zip(images, species)
+    ]
+    return SplitFiles(name, list_file, images, trimaps, groups, labels)
 
 
 # --------------------------------------------------------------------------- files

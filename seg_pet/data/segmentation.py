@@ -38,6 +38,8 @@ class SplitFiles:
     images: list[Path]
     masks: list[Path]
     groups: Optional[list[int]] = None
+    # what each image belongs to, for per-group results (Pet: {"breed": ..., "species": ...}); None: no groups
+    group_labels: Optional[list[dict[str, str]]] = None
 
     def __len__(self) -> int:
         return len(self.images)
@@ -146,6 +148,7 @@ class SegmentationDataset(Dataset):
     ):
         self.images = [split.images[i] for i in indices]
         self.masks = [split.masks[i] for i in indices]
+        self.group_labels = [split.group_labels[i] for i in indices] if split.group_labels is not None else None
         self.spec = spec
         self.transforms = transforms
         self.lut = torch.from_numpy(spec.lut())
@@ -179,6 +182,10 @@ class SegmentationDataset(Dataset):
 
     def name(self, idx: int) -> str:
         return self.images[idx].stem
+
+    def group(self, idx: int) -> Optional[dict[str, str]]:
+        """What image `idx` belongs to (Pet: breed and species), or None for a source without groups."""
+        return dict(self.group_labels[idx]) if self.group_labels is not None else None
 
 
 def stratified_split(labels: list[int], val_fraction: float, seed: int) -> tuple[list[int], list[int]]:

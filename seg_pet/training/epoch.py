@@ -21,7 +21,7 @@ from seg_pet.data.cache import cache_datasets
 from seg_pet.data.loaders import epoch_train_loader, move_caches_to_device, val_loader_for
 from seg_pet.data.segmentation import SegmentationDataset
 from seg_pet.data.transforms import denormalize
-from seg_pet.evaluation import evaluate_batches
+from seg_pet.evaluation import evaluate_batches, split_accumulators
 from seg_pet.metrics import compute_metrics
 from seg_pet.runtime.device import Runtime
 from seg_pet.runtime.distributed import broadcast_from_main, is_main, main_first
@@ -68,7 +68,7 @@ def run_epoch(
     guard.stop_if_asked(epoch, finished=False)
     # Batch-norm statistics moved with each process's own images: evaluate with rank 0's, the ones saved.
     broadcast_from_main(setup.model.buffers())
-    metrics, val_loss = validate(setup, data.val_loader, runtime, names, epoch)
+    metrics, val_loss = validate(setup, data.val_loader, runtime, names, epoch, cfg)
     record = EpochRecord(
         epoch=epoch,
         train_loss=stats["loss"],
@@ -81,6 +81,8 @@ def run_epoch(
         grad_norm_max=stats["grad_norm_max"],
         lr=lr,
         seconds=time.perf_counter() - started,
+        val_boundary_iou=metrics["boundary_iou"],
+        val_mboundary_iou=metrics["mboundary_iou"],
     )
     record.warnings = epoch_warnings(record.row(), rows, metrics, names)
     return record
@@ -109,14 +111,17 @@ def train_epoch(setup: Setup, loader, runtime: Runtime, cfg: Config, epoch: int,
         return None  # a DataLoader worker died of the same signal
 
 
-def validate(setup: Setup, val_loader, runtime: Runtime, names: list[str], epoch: int) -> tuple[dict[str, Any], float]:
+def validate(setup: Setup, val_loader, runtime: Runtime, names: list[str], epoch: int, cfg: Config) -> tuple[dict[str, Any], float]:
     """Validation metrics and loss of this epoch's weights; all NaN when there is no validation split."""
     if val_loader is None:  # data.val_fraction: 0
-        return compute_metrics(torch.zeros(len(names), len(names), dtype=torch.int64), names), math.nan
-    matrix, val_loss = evaluate_batches(setup.model, val_loader, len(names), runtime, loss_fn=setup.loss_fn, desc="val")
+        empty = compute_metrics(torch.zeros(len(names), len(names), dtype=torch.int64), names)
+        return {**empty, "boundary_iou": dict.fromkeys(names, math.nan), "mboundary_iou": math.nan}, math.nan
+    accumulators = split_accumulators(names, cfg)
+    metrics = evaluate_batches(setup.model, val_loader, names, runtime, accumulators=accumulators, loss_fn=setup.loss_fn, desc="val")
+    val_loss = metrics.pop("loss")
     if not math.isfinite(val_loss):  # NaN weights: nothing of this epoch is saved, best.pt and last.pt stay
         raise TrainingDiverged(f"validation loss is {val_loss} after epoch {epoch}")
-    return compute_metrics(matrix.mat, names), val_loss
+    return metrics, val_loss
 
 
 def save_epoch(

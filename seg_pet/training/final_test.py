@@ -8,7 +8,7 @@ from typing import Any
 from seg_pet.checkpoint import load_checkpoint, load_model_weights
 from seg_pet.config import Config
 from seg_pet.data.segmentation import SegmentationDataset
-from seg_pet.evaluation import evaluate_split, write_test_outputs
+from seg_pet.evaluation import evaluate_split, format_groups, write_details, write_test_outputs
 from seg_pet.metrics import format_table
 from seg_pet.runtime.device import Runtime
 from seg_pet.runtime.distributed import broadcast_from_main, decided_by_main, is_main
@@ -39,7 +39,7 @@ def test_once(
             best_epoch = best_state["epoch"]
             earlier = earlier_looks(paths.root, cfg, cfg)
         broadcast_from_main(model.state_dict().values())
-        test_metrics = evaluate_split(model, test_set, cfg, runtime, names, desc="test")
+        test_metrics = evaluate_split(model, test_set, cfg, runtime, names, desc="test", per_image=True)
         test_metrics = {
             "split": "test",
             "checkpoint": "best",
@@ -49,9 +49,12 @@ def test_once(
         }
         if master_process:
             record_test_evaluation(paths.root, cfg, command="train", checkpoint=paths.best, epoch=best_epoch, forced=False)
+            write_details(paths.root, test_set, test_metrics, model, cfg, runtime, names)
             write_test_outputs(paths.root, test_metrics, names)  # atomic files, test_metrics.json last
     if earlier:
         log(f"\nnote: this test set was evaluated {len(earlier)} time(s) before this final evaluation ({LOG_NAME})")
     log(f"\ntest split, best checkpoint (epoch {test_metrics['checkpoint_epoch']}), {test_metrics['num_images']} images:")
     log(format_table(test_metrics, names))
-    return test_metrics if master_process else {}
+    if test_metrics.get("groups"):
+        log(format_groups(test_metrics["groups"], names))
+    return {k: v for k, v in test_metrics.items() if k != "per_image"} if master_process else {}

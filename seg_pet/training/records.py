@@ -33,13 +33,19 @@ class EpochRecord:
     lr: float
     seconds: float
     warnings: list[str] = field(default_factory=list)
+    # Added later: rows of older checkpoints lack them (check_history checks such a field only where present).
+    val_boundary_iou: dict[str, float] = field(default_factory=dict)
+    val_mboundary_iou: float = math.nan
 
     def row(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
 def check_history(rows: list[Any], epoch: int, path: Path) -> list[dict[str, Any]]:
-    """A checkpoint's history: one EpochRecord row for each of epochs 1..epoch, with EpochRecord's types."""
+    """A checkpoint's history: one EpochRecord row for each of epochs 1..epoch, with EpochRecord's types.
+
+    Fields added to EpochRecord after checkpoints were first written (`OPTIONAL_FIELDS`) are checked only
+    where a row has them, so an older last.pt still resumes."""
     hints = typing.get_type_hints(EpochRecord)
 
     def fail(where: str, expected: str, got: Any) -> None:
@@ -49,6 +55,8 @@ def check_history(rows: list[Any], epoch: int, path: Path) -> list[dict[str, Any
         fail("", f"{epoch} rows (one per finished epoch)", len(rows))
     for i, row in enumerate(rows):
         for name, hint in hints.items():
+            if name in OPTIONAL_FIELDS and isinstance(row, dict) and name not in row:
+                continue
             value = row.get(name) if isinstance(row, dict) else None
             expected = typing.get_origin(hint) or hint
             items = list(value.values()) if isinstance(value, dict) else value if isinstance(value, list) else []
@@ -67,6 +75,7 @@ def check_history(rows: list[Any], epoch: int, path: Path) -> list[dict[str, Any
     return [dict(row) for row in rows]
 
 
+OPTIONAL_FIELDS = ("val_boundary_iou", "val_mboundary_iou")
 _EXPECTED = {float: "a number", dict: "a mapping of numbers", list: "a list of strings"}
 
 
@@ -86,8 +95,8 @@ def write_history(run_dir: Path, rows: list[dict[str, Any]], names: list[str]) -
     with atomic_write(paths.metrics_jsonl) as f:
         for row in rows:
             f.write(json.dumps(to_jsonable(row), allow_nan=False) + "\n")
-    flat_keys = ["epoch", "train_loss", "val_loss", "val_miou", "val_pixel_acc"]
-    flat_keys += [f"val_iou_{n}" for n in names] + [f"pred_share_{n}" for n in names]
+    flat_keys = ["epoch", "train_loss", "val_loss", "val_miou", "val_pixel_acc", "val_mboundary_iou"]
+    flat_keys += [f"val_iou_{n}" for n in names] + [f"pred_share_{n}" for n in names] + [f"val_boundary_iou_{n}" for n in names]
     flat_keys += ["grad_norm_mean", "grad_norm_max", "lr", "seconds", "warnings"]
     with atomic_write(paths.metrics_csv, "w") as f:
         writer = csv.DictWriter(f, fieldnames=flat_keys, lineterminator="\n")
@@ -97,6 +106,7 @@ def write_history(run_dir: Path, rows: list[dict[str, Any]], names: list[str]) -
             for n in names:
                 flat[f"val_iou_{n}"] = row["val_iou"].get(n)
                 flat[f"pred_share_{n}"] = row.get("pred_share", {}).get(n)
+                flat[f"val_boundary_iou_{n}"] = row.get("val_boundary_iou", {}).get(n)
             flat["warnings"] = " | ".join(row.get("warnings", []))
             writer.writerow(flat)
 
@@ -110,5 +120,5 @@ def console_line(row: dict[str, Any], epochs: int) -> str:
     ious = " ".join(f"{n} {v:.3f}" if v is not None and not math.isnan(v) else f"{n} n/a" for n, v in row["val_iou"].items())
     return (
         f"epoch {row['epoch']:>3}/{epochs}  train_loss {row['train_loss']:.4f}  val_loss {row['val_loss']:.4f}  "
-        f"val_mIoU {row['val_miou']:.4f} [{ious}]  acc {row['val_pixel_acc']:.3f}  lr {row['lr']:.2e}  {row['seconds']:.1f}s"
+        f"val_mIoU {row['val_miou']:.4f} [{ious}]  acc {row['val_pixel_acc']:.3f}  bIoU {row.get('val_mboundary_iou', math.nan):.3f}  lr {row['lr']:.2e}  {row['seconds']:.1f}s"
     )

@@ -94,3 +94,39 @@ def test_existing_run_folder_is_refused(run_dir, capsys):
     assert code == 2
     err = capsys.readouterr().err
     assert "--resume" in err and "--overwrite" in err
+
+
+def test_boundary_iou_every_epoch_and_in_test_metrics(run_dir):
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    for row in rows:
+        assert set(row["val_boundary_iou"]) == {"pet", "background", "border"}
+        assert 0 <= row["val_mboundary_iou"] <= 1
+    assert "val_boundary_iou_border" in (run_dir / "metrics.csv").read_text().splitlines()[0]
+    metrics = json.loads((run_dir / "test_metrics.json").read_text())
+    assert set(metrics["boundary_iou"]) == {"pet", "background", "border"} and 0 <= metrics["mboundary_iou"] <= 1
+
+
+def test_per_image_and_per_group_results_of_the_test(run_dir):
+    lines = (run_dir / "per_image.csv").read_text().splitlines()
+    header = lines[0].split(",")
+    assert header[:3] == ["image", "breed", "species"] and "iou_border" in header and header[-3:] == ["miou", "pixel_acc", "boundary_iou"]
+    assert len(lines) == 1 + 198
+    metrics = json.loads((run_dir / "test_metrics.json").read_text())
+    assert "per_image" not in metrics
+    breeds = metrics["groups"]["breed"]
+    assert sum(r["num_images"] for r in breeds) == 198 and len(breeds) == 2
+    assert sum(r["num_images"] for r in metrics["groups"]["species"]) == 198
+    worst = sorted((run_dir / "worst").glob("*.png"))
+    assert len(worst) == 8 and worst[0].name.startswith("01_")
+    mious = {line.split(",")[0]: float(line.split(",")[header.index("miou")]) for line in lines[1:]}
+    assert mious[worst[0].name[3:-4]] == min(mious.values())  # the first panel is the lowest-mIoU image
+
+
+def test_evaluate_details_writes_per_image_csv_and_worst_panels(run_dir, tmp_path, capsys):
+    details = tmp_path / "details"
+    assert main(["evaluate", "--run", str(run_dir), "--details", str(details), "--set", "eval.worst=3"]) == 0
+    assert len((details / "per_image.csv").read_text().splitlines()) == 1 + 20
+    assert len(list((details / "worst").glob("*.png"))) == 3
+    assert "breed" in capsys.readouterr().out
+    assert main(["evaluate", "--run", str(run_dir), "--details", str(details)]) == 2  # not empty: refused
+    assert "not empty" in capsys.readouterr().err

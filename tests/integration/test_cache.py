@@ -205,16 +205,19 @@ def test_native_resolution_confusion_counts_every_original_pixel(root, cache):
         sizes = {tuple(ds[i][1].shape) for i in range(len(ds))}
         assert len(sizes) > 1  # the synthetic images really differ in size
         loader = make_loader(ds, 3, shuffle=False, num_workers=0)
-        matrix, loss = evaluate_batches(model, loader, 3, Runtime(torch.device("cpu")), loss_fn=torch.nn.CrossEntropyLoss(ignore_index=255))
-        assert int(matrix.mat.sum()) == _original_area(ds)
-        assert loss == loss  # finite mean of per-image losses
+        out = evaluate_batches(model, loader, NAMES, Runtime(torch.device("cpu")), loss_fn=torch.nn.CrossEntropyLoss(ignore_index=255))
+        assert int(torch.tensor(out["confusion"]).sum()) == _original_area(ds)
+        assert out["loss"] == out["loss"]  # finite mean of per-image losses
+
+
+NAMES = ["pet", "background", "border"]
 
 
 def test_image_size_evaluation_counts_resized_pixels(root):
     val = build_datasets(_cfg(root))["val"]
     model = _tiny_model()
-    matrix, _ = evaluate_batches(model, make_loader(val, 3, shuffle=False, num_workers=0), 3, Runtime(torch.device("cpu")))
-    assert int(matrix.mat.sum()) == len(val) * SIZE * SIZE
+    out = evaluate_batches(model, make_loader(val, 3, shuffle=False, num_workers=0), NAMES, Runtime(torch.device("cpu")))
+    assert int(torch.tensor(out["confusion"]).sum()) == len(val) * SIZE * SIZE
 
 
 @pytest.mark.slow
