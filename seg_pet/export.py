@@ -191,8 +191,8 @@ def _export(wrapper: nn.Module, path: Path, image_size: int, opset: int) -> tupl
                 )
             return name, version
         except Exception as exc:  # noqa: BLE001 - any exporter failure: try the next exporter
-            if (refused := storage_error_of(exc, path)) is not None:
-                raise refused from None
+            if storage_error_of(exc) is not None:  # a full disk: atomic_path names the model file (exit code 3)
+                raise
             errors.append(f"{name}: {first_line(exc)}")
     raise ExportError("ONNX export failed: " + "; ".join(errors))
 
@@ -350,7 +350,7 @@ def export_onnx(
         if image_names and image_names[0] == "random":
             log(f"note: the run's data is not at {cfg.data.root}; verifying on {len(rgbs)} random images (pass --images to use real ones)")
     # Both files go to temporary names first and are put in place together once the model is verified.
-    with atomic_path(out) as tmp, atomic_path(sidecar_path) as tmp_sidecar:
+    with atomic_path(out) as tmp:
         exporter, _ = _export(wrapper, tmp, cfg.data.image_size, opset)
         try:
             onnx.checker.check_model(str(tmp))
@@ -368,6 +368,7 @@ def export_onnx(
         if not result.passed:
             raise VerificationFailed(f"ONNX model does not match torch, nothing written: {result.describe()}")
         sidecar = sidecar_for(loaded, out, exporter, used_opset, result)
-        tmp_sidecar.write_text(json.dumps(to_jsonable(sidecar), indent=2, allow_nan=False) + "\n")
+        with atomic_path(sidecar_path) as tmp_sidecar:  # in place just before the model, whose write ends the block
+            tmp_sidecar.write_text(json.dumps(to_jsonable(sidecar), indent=2, allow_nan=False) + "\n")
     log(f"exported {out} (opset {used_opset}, {exporter}) and {sidecar_path}; verified: {result.describe()}")
     return sidecar
