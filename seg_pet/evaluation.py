@@ -273,6 +273,23 @@ def write_test_outputs(run_dir: Path, metrics: dict[str, Any], names: list[str])
     write_json(paths.test_metrics, metrics)
 
 
+# The keys that decide which trainval images are the validation split (data.oxford.stratified_split).
+SPLIT_KEYS = (("data", "val_fraction"), ("run", "seed"))
+
+
+def check_split_unchanged(cfg: Config, trained: Config, split: str) -> None:
+    """`--set` may not change which images count as validation: images the run trained on would be scored as held out."""
+    if split != "val":
+        return
+    for section, key in SPLIT_KEYS:
+        new, old = getattr(getattr(cfg, section), key), getattr(getattr(trained, section), key)
+        if new != old:
+            raise SegPetError(
+                f"--set {section}.{key}={new}: would change which images count as validation (the run used {old}, and trained "
+                "on the rest); evaluate keeps the run's own split: drop this --set"
+            )
+
+
 def evaluate_run(
     run_dir: str | Path,
     *,
@@ -294,6 +311,7 @@ def evaluate_run(
         if Path(details).is_dir() and any(Path(details).iterdir()):
             raise SegPetError(f"--details {details}: not empty; give a new folder (nothing is written over)")
     cfg, model, names, state, path = load_run(run_dir, checkpoint, overrides)
+    check_split_unchanged(cfg, load_config(run_dir / "config.yaml"), split)
     if split == "val" and cfg.data.val_fraction == 0:
         raise SegPetError(
             f"--run {run_dir}: trained on all of trainval (data.val_fraction: 0), so it has no validation split; use --split test"

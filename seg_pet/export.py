@@ -17,6 +17,11 @@ same images at three input sizes plus a batch of one. It fails (exit code 1, not
 largest absolute logit difference exceeds ATOL x max(1, largest |logit|) (float32 rounding grows with
 the logits), or when the argmax differs on more than MAX_MISMATCH of the pixels. The measured numbers
 go into the sidecar; docs/use_your_model.md, ONNX export, has the details.
+
+Before any work: the flags are in range (check_flags), and the model file and its sidecar are
+planned through runtime.paths.OutputRoot (no folder in the way, never a run's own file, the sidecar
+really beside the model). Both are then written to temporary files and put in place together at the
+end, so --overwrite keeps the old pair until the new one is complete and verified.
 """
 
 from __future__ import annotations
@@ -24,6 +29,9 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import io
+import json
+import logging
+import math
 import os
 import platform
 import warnings
@@ -43,7 +51,8 @@ from seg_pet.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from seg_pet.evaluation import LoadedRun, load_run
 from seg_pet.predict import load_rgb
 from seg_pet.runtime.errors import SegPetError, first_line
-from seg_pet.runtime.fileio import atomic_path, write_json
+from seg_pet.runtime.fileio import atomic_path, storage_error_of, to_jsonable
+from seg_pet.runtime.paths import OutputRoot, check_output
 from seg_pet.tta import SIZE_MULTIPLE, scaled_size
 
 ONNX_OPSET = 18  # the torch.export-based exporter's
@@ -51,6 +60,8 @@ LEGACY_OPSET = 17  # the TorchScript exporter's, used only when the first fails
 ATOL = 1e-3  # largest allowed |logit_onnx - logit_torch|, as a share of max(1, largest |logit|)
 MAX_MISMATCH = 1e-4  # largest allowed share of pixels whose argmax differs
 VERIFY_IMAGES = 3
+MIN_OPSET = 9  # the oldest opset both exporters still write for these models' operators (Resize, Upsample)
+MAX_ATOL = 1e3  # --atol: a share of the logits' magnitude; beyond this nothing is being checked
 INSTALL_HINT = 'pip install -e ".[export]"'
 
 
@@ -101,7 +112,11 @@ def unit_batch(rgbs: Sequence[np.ndarray], size: tuple[int, int]) -> torch.Tenso
 def default_verify_images(cfg, count: int) -> tuple[list[np.ndarray], list[str]]:
     """The first `count` validation images of the run's data, or random ones (named 'random') when it is not there."""
     try:
-        paths = build_datasets(cfg, check_files=False)["val"].images[:count]
+        datasets = build_datasets(cfg, check_files=False)
+        # A run trained without a validation split (data.val_fraction: 0): its training images. Never the test split.
+        paths = list(datasets["val"].images[:count]) or list(datasets["train"].images[:count])
+        if not paths:
+            raise SegPetError("no images")
         return [load_rgb(p) for p in paths], [str(p) for p in paths]
     except SegPetError:
         rng = np.random.default_rng(0)
@@ -109,47 +124,72 @@ def default_verify_images(cfg, count: int) -> tuple[list[np.ndarray], list[str]]
         return [rng.integers(0, 256, (size + 37 * i, size + 23 * i, 3), dtype=np.uint8) for i in range(count)], ["random"] * count
 
 
+def max_opset() -> int:
+    import onnx.defs
+
+    return onnx.defs.onnx_opset_version()
+
+
+def check_flags(opset: int, atol: float, max_mismatch: float) -> None:
+    """The flags' ranges, before any work (ExportError, exit code 2)."""
+    if isinstance(opset, bool) or not isinstance(opset, int) or not MIN_OPSET <= opset <= max_opset():
+        raise ExportError(f"--opset: must be a whole number from {MIN_OPSET} to {max_opset()} (this onnx's newest), got {opset!r}")
+    if not (isinstance(atol, (int, float)) and math.isfinite(atol) and 0 < atol <= MAX_ATOL):
+        raise ExportError(f"--atol: must be a number > 0 and <= {MAX_ATOL:g}, got {atol!r}")
+    if not (isinstance(max_mismatch, (int, float)) and math.isfinite(max_mismatch) and 0 <= max_mismatch <= 1):
+        raise ExportError(f"--max-mismatch: must be a share from 0 to 1, got {max_mismatch!r}")
+
+
+@contextlib.contextmanager
+def _quiet():
+    """Exporter chatter (print, warnings, logging: onnxscript logs tracebacks of what it retries) kept off the console."""
+    previous = logging.root.manager.disable
+    logging.disable(logging.CRITICAL)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logging.disable(previous)
+
+
+def model_opset(onnx, path: Path) -> int:
+    """The default-domain opset the model file declares."""
+    model = onnx.load(str(path), load_external_data=False)
+    return next((entry.version for entry in model.opset_import if entry.domain in ("", "ai.onnx")), -1)
+
+
 def _export(wrapper: nn.Module, path: Path, image_size: int, opset: int) -> tuple[str, int]:
-    """Write the ONNX file; returns (exporter, opset). Exporter chatter is kept off the console unless it fails."""
+    """Write the ONNX file; returns (exporter, opset asked of it). Exporter chatter is kept off the console unless it fails."""
     example = torch.rand(2, 3, image_size, image_size)
-    chatter = io.StringIO()
     errors = []
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    axes = {0: "batch", 2: "height", 3: "width"}
+    attempts = [
+        (
+            "torch.export (dynamo=True)",
+            opset,
+            dict(
+                dynamo=True,
+                external_data=False,
+                dynamic_shapes=({0: torch.export.Dim("batch"), 2: torch.export.Dim("height"), 3: torch.export.Dim("width")},),
+                verbose=False,
+            ),
+        ),
+        ("TorchScript (dynamo=False)", min(opset, LEGACY_OPSET), dict(dynamo=False, dynamic_axes={"image": axes, "logits": axes})),
+    ]
+    if opset <= LEGACY_OPSET:  # the torch.export-based exporter writes opset 18 and newer only
+        attempts = attempts[1:]
+    for name, version, kwargs in attempts:
         try:
-            with contextlib.redirect_stdout(chatter):
-                dims = {0: torch.export.Dim("batch"), 2: torch.export.Dim("height"), 3: torch.export.Dim("width")}
+            with _quiet():
                 torch.onnx.export(
-                    wrapper,
-                    (example,),
-                    str(path),
-                    input_names=["image"],
-                    output_names=["logits"],
-                    opset_version=opset,
-                    dynamo=True,
-                    external_data=False,
-                    dynamic_shapes=(dims,),
-                    verbose=False,
+                    wrapper, (example,), str(path), input_names=["image"], output_names=["logits"], opset_version=version, **kwargs
                 )
-            return "torch.export (dynamo=True)", opset
-        except Exception as exc:  # noqa: BLE001 - any exporter failure: try the TorchScript exporter
-            errors.append(f"torch.export exporter: {first_line(exc)}")
-        try:
-            with contextlib.redirect_stdout(chatter):
-                axes = {0: "batch", 2: "height", 3: "width"}
-                torch.onnx.export(
-                    wrapper,
-                    (example,),
-                    str(path),
-                    input_names=["image"],
-                    output_names=["logits"],
-                    opset_version=min(opset, LEGACY_OPSET),
-                    dynamo=False,
-                    dynamic_axes={"image": axes, "logits": axes},
-                )
-            return "TorchScript (dynamo=False)", min(opset, LEGACY_OPSET)
-        except Exception as exc:  # noqa: BLE001
-            errors.append(f"TorchScript exporter: {first_line(exc)}")
+            return name, version
+        except Exception as exc:  # noqa: BLE001 - any exporter failure: try the next exporter
+            if storage_error_of(exc) is not None:  # a full disk: atomic_path names the model file (exit code 3)
+                raise
+            errors.append(f"{name}: {first_line(exc)}")
     raise ExportError("ONNX export failed: " + "; ".join(errors))
 
 
@@ -268,12 +308,16 @@ def sidecar_for(loaded: LoadedRun, out: Path, exporter: str, opset: int, result:
     }
 
 
-def check_destination(out: Path, overwrite: bool) -> None:
+def check_destination(out: Path, overwrite: bool) -> Path:
+    """The model file and its sidecar may be written (OutputRoot's rules; existing ones only with --overwrite); returns the sidecar."""
     if out.suffix != ".onnx":
         raise ExportError(f"--out {out}: the file name must end in .onnx (the sidecar goes beside it as NAME.json)")
-    for path in (out, out.with_suffix(".json")):
+    check_output(out, "--out", "file")
+    sidecar = OutputRoot(out, "--out").sibling(out.with_suffix(".json").name, "the sidecar")
+    for path in (out, sidecar):
         if path.exists() and not overwrite:
             raise ExportError(f"{path} already exists; pass --overwrite to replace it")
+    return sidecar
 
 
 def export_onnx(
@@ -291,8 +335,9 @@ def export_onnx(
 ) -> dict[str, Any]:
     """Export, verify, then write OUT and its sidecar OUT.json (both atomically); returns the sidecar."""
     onnx, ort = require_onnx()
+    check_flags(opset, atol, max_mismatch)
     out = Path(out)
-    check_destination(out, overwrite)
+    sidecar_path = check_destination(out, overwrite)
     loaded = load_run(run_dir, checkpoint)
     cfg = loaded.cfg
     wrapper = NormalisedModel(loaded.model.float().cpu()).eval()
@@ -302,19 +347,26 @@ def export_onnx(
         rgbs, image_names = default_verify_images(cfg, verify_count)
         if image_names and image_names[0] == "random":
             log(f"note: the run's data is not at {cfg.data.root}; verifying on {len(rgbs)} random images (pass --images to use real ones)")
+    # Both files go to temporary names first and are put in place together once the model is verified.
     with atomic_path(out) as tmp:
-        exporter, used_opset = _export(wrapper, tmp, cfg.data.image_size, opset)
+        exporter, _ = _export(wrapper, tmp, cfg.data.image_size, opset)
         try:
             onnx.checker.check_model(str(tmp))
         except Exception as exc:  # noqa: BLE001
             raise ExportError(f"the exported model fails onnx.checker: {str(exc).strip().splitlines()[0]}") from None
+        used_opset = model_opset(onnx, tmp)
+        if used_opset != opset and not (opset > LEGACY_OPSET and exporter.startswith("TorchScript")):
+            raise ExportError(
+                f"--opset {opset}: the exporter wrote opset {used_opset} instead; nothing written (the default is {ONNX_OPSET})"
+            )
         options = ort.SessionOptions()
         options.log_severity_level = 3
         session = ort.InferenceSession(str(tmp), options, providers=["CPUExecutionProvider"])
         result = verify(session, wrapper, rgbs, image_names, cfg.data.image_size, atol=atol, max_mismatch=max_mismatch)
         if not result.passed:
             raise VerificationFailed(f"ONNX model does not match torch, nothing written: {result.describe()}")
-    sidecar = sidecar_for(loaded, out, exporter, used_opset, result)
-    write_json(out.with_suffix(".json"), sidecar)
-    log(f"exported {out} (opset {used_opset}, {exporter}) and {out.with_suffix('.json')}; verified: {result.describe()}")
+        sidecar = sidecar_for(loaded, out, exporter, used_opset, result)
+        with atomic_path(sidecar_path) as tmp_sidecar:  # in place just before the model, whose write ends the block
+            tmp_sidecar.write_text(json.dumps(to_jsonable(sidecar), indent=2, allow_nan=False) + "\n")
+    log(f"exported {out} (opset {used_opset}, {exporter}) and {sidecar_path}; verified: {result.describe()}")
     return sidecar

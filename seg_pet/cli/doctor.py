@@ -10,6 +10,7 @@ from seg_pet.config import load_config
 from seg_pet.doctor.run import run_doctor
 from seg_pet.runtime.distributed import leave_process_group
 
+DATA_PARALLEL = True  # under torchrun every process joins for the `processes` check
 HELP = "check data, model and loss wiring for the classic failure modes"
 PATHS = {"config": ("in", "file"), "out": ("out", "dir")}
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from seg_pet.cli.common import check_paths, positive_int
 from seg_pet.predict import FORMATS, PredictOptions, Predictor, collect_inputs, predict_files
+from seg_pet.runtime.signals import Terminated
 from seg_pet.tta import TTA_MODES
 
 HELP = "segment image files, folders or glob patterns with a trained run"
@@ -62,7 +63,15 @@ def run(args: argparse.Namespace) -> int:
     options = PredictOptions(
         fmt=args.fmt, overlay=args.overlay, probabilities=args.probabilities, batch_size=args.batch_size, existing=existing
     )
-    summary = predict_files(predictor, inputs, args.out, options, log=lambda message: print(message, file=sys.stderr))
+    try:
+        summary = predict_files(predictor, inputs, args.out, options, log=lambda message: print(message, file=sys.stderr))
+    except (KeyboardInterrupt, Terminated):  # every finished image is written and listed in predictions.csv
+        print(
+            f"\nstopped: the images predicted so far are in {args.out} (listed in predictions.csv); "
+            "to continue, run the same command with --skip-existing",
+            file=sys.stderr,
+        )
+        raise
     rate = summary.ok / summary.seconds if summary.seconds > 0 else float("nan")
     skipped = f", {summary.skipped} skipped (outputs already there)" if summary.skipped else ""
     print(

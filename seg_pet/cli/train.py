@@ -15,6 +15,7 @@ from seg_pet.runtime.signals import Interrupted, Terminated
 from seg_pet.training.rundir import resume_command
 from seg_pet.training.train import train
 
+DATA_PARALLEL = True  # runs under torchrun (one process per GPU)
 HELP = "train a model; evaluates the best checkpoint on test once at the end"
 PATHS = {"config": ("in", "file"), "resume": ("in", "dir")}
 

@@ -3,7 +3,8 @@
 Every problem is reported as a one-line `ConfigError` naming the key, before anything is
 written to disk. YAML is read only with a `yaml.SafeLoader` (so `!!python/object` tags are
 refused) that also refuses a key given twice in one mapping (plain YAML keeps the last one
-silently); files must be UTF-8. Each key is checked against its declaration in the schema: type,
+silently) and refuses aliases (`*name`: one short line could expand to gigabytes, "billion laughs");
+files must be UTF-8. Each key is checked against its declaration in the schema: type,
 allowed values, range, for every number that it is finite (seg_pet.config.numbers), and for every
 string that it holds no control characters (values become file names and log lines).
 """
@@ -42,7 +43,17 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
-    """yaml.SafeLoader that refuses a key given twice in one mapping, naming both lines."""
+    """yaml.SafeLoader that refuses a key given twice in one mapping, naming both lines, and any alias."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            mark = event.start_mark
+            raise ConfigError(
+                f"line {mark.line + 1}, column {mark.column + 1}: YAML aliases (*{str(event.anchor)[:40]}) are not allowed "
+                "in a config; write the value out"
+            )
+        return super().compose_node(parent, index)
 
     def construct_mapping(self, node, deep=False):
         if isinstance(node, yaml.MappingNode):

@@ -8,7 +8,9 @@
 KEY is the input's name without extension, with the sub-folders of a folder input mirrored
 (seg_pet.predict.inputs). Unreadable images are reported on one line each and listed as `failed`;
 the rest are still predicted. Every file is written atomically; predictions.csv is rewritten every
-few seconds and at the end, also when interrupted.
+few seconds and at the end, also when interrupted, and keeps the rows of earlier calls for inputs
+this call does not predict again. Every output path is planned through runtime.paths.OutputRoot
+(inside --out, never a run's own file, never a folder in the way) before anything is written.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from seg_pet.predict.inputs import InputImage
 from seg_pet.predict.predictor import Predictor
 from seg_pet.runtime.errors import ConfigError, SegPetError
 from seg_pet.runtime.fileio import atomic_path, atomic_write, remove_partial_files
+from seg_pet.runtime.paths import OutputRoot
 from seg_pet.viz import colorize, save_overlay
 
 FORMATS = ("index", "trimap", "color")
@@ -72,14 +75,16 @@ class Decoded(NamedTuple):
     seconds: float
 
 
-def output_paths(out_dir: Path, key: PurePosixPath, options: PredictOptions) -> dict[str, Path]:
-    """Where one input's files go: masks/KEY.png, overlays/KEY.png, probabilities/KEY.npz."""
-    paths = {"mask": out_dir / "masks" / f"{key}.png"}
+def output_paths(out_dir: Path, key: PurePosixPath, options: PredictOptions, root: Optional[OutputRoot] = None) -> dict[str, Path]:
+    """Where one input's files go: masks/KEY.png, overlays/KEY.png, probabilities/KEY.npz (checked by `root` when given)."""
+    relative = {"mask": f"masks/{key}.png"}
     if options.overlay:
-        paths["overlay"] = out_dir / "overlays" / f"{key}.png"
+        relative["overlay"] = f"overlays/{key}.png"
     if options.probabilities:
-        paths["probabilities"] = out_dir / "probabilities" / f"{key}.npz"
-    return paths
+        relative["probabilities"] = f"probabilities/{key}.npz"
+    if root is None:
+        return {kind: out_dir / rel for kind, rel in relative.items()}
+    return {kind: root.file(rel) for kind, rel in relative.items()}
 
 
 def csv_fields(class_names: Sequence[str]) -> list[str]:
@@ -151,6 +156,9 @@ def check_outputs(planned: Sequence[tuple[InputImage, dict[str, Path]]], out_dir
         raise ValueError(f"existing must be one of {EXISTING}")
     if out_dir.exists() and not out_dir.is_dir():
         raise SegPetError(f"--out {out_dir}: exists and is not a folder")
+    outputs = [p for _, paths in planned for p in paths.values()]
+    if len({p.resolve() for p in outputs}) != len(outputs):  # two inputs, one file (e.g. through a symbolic link)
+        raise SegPetError(f"--out {out_dir}: two inputs would write the same output file; predict them into different --out folders")
     if options.existing == "refuse":
         csv_path = out_dir / CSV_NAME
         clashes = [p for _, paths in planned for p in paths.values() if p.exists()] + ([csv_path] if csv_path.exists() else [])
@@ -166,11 +174,16 @@ class _Job:
 
     def __init__(self, predictor: Predictor, inputs: Sequence[InputImage], out_dir: Path, options: PredictOptions):
         self.predictor, self.out_dir, self.options = predictor, out_dir, options
-        self.planned = [(item, output_paths(out_dir, item.key, options)) for item in inputs]
+        root = OutputRoot(out_dir, "--out")
+        self.planned = [(item, output_paths(out_dir, item.key, options, root)) for item in inputs]
+        csv_path = root.file(CSV_NAME)
         check_outputs(self.planned, out_dir, options)
-        self.summary = PredictSummary(out_dir, out_dir / CSV_NAME)
+        self.summary = PredictSummary(out_dir, csv_path)
         self.rows: list[Optional[dict[str, Any]]] = [None] * len(self.planned)
         self.fields = csv_fields(predictor.class_names)
+        # Rows of earlier calls for inputs this call does not predict again stay in predictions.csv.
+        mine = {str(item.path) for item, _ in self.planned}
+        self.kept = [row for path, row in _read_existing_rows(csv_path).items() if path not in mine]
         self.todo = self._skip_done() if options.existing == "skip" else list(range(len(self.planned)))
         self.last_flush = time.perf_counter()
 
@@ -241,6 +254,7 @@ class _Job:
         with atomic_write(self.summary.csv_path, "w") as f:
             writer = csv.DictWriter(f, fieldnames=self.fields, extrasaction="ignore", lineterminator="\n")
             writer.writeheader()
+            writer.writerows(self.kept)
             writer.writerows(row for row in self.rows if row is not None)
         self.last_flush = time.perf_counter()
 
@@ -265,7 +279,7 @@ def predict_files(
     check_format(options.fmt, predictor.spec)
     job = _Job(predictor, inputs, out_dir, options)
     if out_dir.is_dir():
-        remove_partial_files(out_dir)  # temporary files of a killed earlier call
+        remove_partial_files(out_dir)  # temporary files of a killed earlier call (never of a process still running)
     batch_size = options.batch_size or predictor.cfg.data.batch_size
     workers = min(4, max(1, (os.cpu_count() or 1) - 1)) if read_workers is None else read_workers
     skipped = f" ({job.summary.skipped} skipped: outputs already there)" if job.summary.skipped else ""

@@ -16,6 +16,15 @@ root: it was marked so on purpose (the disk cache follows the same rule).
 A run folder (`config.yaml` + `checkpoints/`) owns the names in `RUN_ENTRIES`; user-chosen outputs
 (`evaluate --out`, `predict --out`, `export --out`, `doctor --out`, `run.output_dir`) may sit in a
 run folder under other names, but never replace or enter those, nor the run folder itself.
+
+    OutputRoot(root, what)           the output-root rule: every file a command writes under the
+                                     output it was given (`predict --out DIR`; `export --out M.onnx`
+                                     and its sidecar) is planned through `.file(...)`, which refuses,
+                                     before anything is written, a path that resolves (after symbolic
+                                     links and `..`) outside the root, onto a run's own entries, or
+                                     onto something that is not a regular file (a folder)
+    walk_files(folder)               every file under a folder, following symbolic links to folders
+                                     but entering each real folder once (a link loop ends)
 """
 
 from __future__ import annotations
@@ -23,6 +32,7 @@ from __future__ import annotations
 import os
 import stat
 import unicodedata
+from collections.abc import Iterator
 from pathlib import Path
 
 from seg_pet.runtime.errors import SegPetError
@@ -92,6 +102,49 @@ def check_output(path: str | os.PathLike, what: str, kind: str = "file", *, run_
         _check_creatable(path, what)
     _check_not_a_run_entry(path, what, skip_self=run_folder)
     return path
+
+
+class OutputRoot:
+    """Where one command writes: every file it plans goes through `file()`, checked before any work."""
+
+    def __init__(self, root: str | os.PathLike, what: str):
+        self.root, self.what = Path(root), what
+        self.resolved = self.root.resolve()
+
+    def file(self, relative: str | os.PathLike, what: str | None = None) -> Path:
+        """ROOT/relative, refused unless it stays inside the root, is no run's own file, and is not a folder."""
+        what = what or self.what
+        path = self.root / relative
+        try:
+            target = path.resolve()
+        except (OSError, RuntimeError) as exc:  # a symbolic-link loop on the way
+            raise SegPetError(f"{what} {path}: cannot be examined ({exc})") from None
+        if target != self.resolved and self.resolved not in target.parents:
+            raise SegPetError(f"{what} {path}: resolves to {target}, outside {self.root}; refusing to write there")
+        check_output(path, what, "file")
+        return path
+
+    def sibling(self, name: str, what: str) -> Path:
+        """A file beside a single-file root (export's sidecar beside the model), under the same rules."""
+        path = self.root.with_name(name)
+        if path.resolve().parent != self.resolved.parent:
+            raise SegPetError(f"{what} {path}: resolves to {path.resolve()}, not beside {self.root}; refusing to write there")
+        check_output(path, what, "file")
+        return path
+
+
+def walk_files(folder: Path) -> Iterator[Path]:
+    """Every file under `folder` (symbolic links to folders followed, each real folder entered once: no loop)."""
+    seen: set[tuple[int, int]] = set()
+    for top, dirs, files in os.walk(folder, followlinks=True):
+        info = os.stat(top)
+        if (info.st_dev, info.st_ino) in seen:
+            dirs[:] = []
+            continue
+        seen.add((info.st_dev, info.st_ino))
+        dirs.sort()
+        for name in sorted(files):
+            yield Path(top) / name
 
 
 def is_writable_dir(folder: Path) -> bool:

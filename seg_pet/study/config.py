@@ -23,35 +23,44 @@ PET_FOCUS = "border"  # the minority class of the 3-class trimap task (~12 % of 
 CONFIG_NAME = "study_config.yaml"
 
 
-def list_option(default: list, help: str) -> Any:
-    """`option` for a list key: a dataclass needs a factory for a mutable default."""
-    return field(default_factory=lambda: list(default), metadata={"help": help})
+MAX_SEED = 2**32 - 1
+MAX_LIST = 64  # seeds, fg_ratios: each is a whole repeat of the grid
+MAX_ACTIVATION = 2**28  # values of one layer's activations (batch x channels x pixels): 1 GiB of float32
+
+
+def list_option(default: list, help: str, **bounds: Any) -> Any:
+    """`option` for a list key: a dataclass needs a factory for a mutable default; `bounds` (ge, le...) apply to each item."""
+    return field(default_factory=lambda: list(default), metadata={"help": help, **bounds})
 
 
 @dataclass
 class StudySection:
     name: str = option("loss_study", "the output folder is `<output_dir>/<name>/`")
     output_dir: str = option("outputs", "parent of the study folder")
-    seeds: list[int] = list_option([0], "one repeat of the whole grid per seed (data stream, initial weights, Pet split)")
+    seeds: list[int] = list_option(
+        [0], "one repeat of the whole grid per seed (data stream, initial weights, Pet split)", ge=0, le=MAX_SEED
+    )
     device: str = option("auto", "auto | cpu | cuda | cuda:N")
     losses: str = option(
         "project", "loss family: `classic` (the original's formulas) or `project` (seg_pet.losses)", choices=tuple(LOSS_FAMILIES)
     )
-    log_every: int = option(10, "every loss's value and gradient norm are logged at step 1, every N steps and the last step", ge=1)
+    log_every: int = option(
+        10, "every loss's value and gradient norm are logged at step 1, every N steps and the last step", ge=1, le=10**6
+    )
     converged_min_iou: float = option(0.9, "IoU rule: every class's held-out IoU >= this", gt=0.0, le=1.0)
     converged_acc_gap: float = option(
         0.5, "accuracy rule: accuracy >= base rate + this share of the gap from base rate to 1", gt=0.0, lt=1.0
     )
-    cpu_threads: Optional[int] = option(1, "torch intra-op threads on CPU; null = torch's default (all cores)", ge=1)
+    cpu_threads: Optional[int] = option(1, "torch intra-op threads on CPU; null = torch's default (all cores)", ge=1, le=1024)
 
 
 @dataclass
 class StudyDataConfig:
     source: str = option("toy", "toy (thresholded noise) | pet (the real trimaps, border as minority)", choices=("toy", "pet"))
-    image_size: int = option(32, "pixels per side", ge=4)
-    batch_size: int = option(8, "images per training step", ge=1)
+    image_size: int = option(32, "pixels per side", ge=4, le=1024)
+    batch_size: int = option(8, "images per training step", ge=1, le=4096)
     fg_ratios: list[float] = list_option([0.05, 0.5, 0.95], "toy only: one grid row per foreground share")
-    eval_images: int = option(64, "toy only: held-out noise images scored at the end of each run", ge=1)
+    eval_images: int = option(64, "toy only: held-out noise images scored at the end of each run", ge=1, le=65536)
     root: str = option("../shared/data", "pet only: the folder that holds oxford-iiit-pet/")
     val_fraction: float = option(0.2, "pet only: share of trainval held out and scored at the end", gt=0.0, lt=1.0)
 
@@ -59,10 +68,10 @@ class StudyDataConfig:
 @dataclass
 class StudyModelConfig:
     arch: str = option("tiny", "tiny (a few 3x3 convs) | unet (smp Unet, random init)", choices=("tiny", "unet"))
-    channels: int = option(16, "tiny only: channels of every 3x3 conv", ge=1)
-    layers: int = option(3, "tiny only: 3x3 conv layers before the 1x1 classifier", ge=1)
+    channels: int = option(16, "tiny only: channels of every 3x3 conv", ge=1, le=4096)
+    layers: int = option(3, "tiny only: 3x3 conv layers before the 1x1 classifier", ge=1, le=256)
     encoder: str = option("resnet18", "unet only")
-    decoder_channels: list[int] = list_option([256, 128, 64, 32, 16], "unet only: 5 numbers (smp's default)")
+    decoder_channels: list[int] = list_option([256, 128, 64, 32, 16], "unet only: 5 numbers (smp's default)", ge=1, le=4096)
 
 
 @dataclass
@@ -74,7 +83,7 @@ class StudyGridConfig:
 
 @dataclass
 class StudyOptimConfig:
-    steps: int = option(250, "training steps per run", ge=1)
+    steps: int = option(250, "training steps per run", ge=1, le=10**7)
     adam_lr: float = option(3e-3, "Adam's constant learning rate", gt=0.0)
     sgd_lr: float = option(0.1, "the constant learning rate of both SGDs", gt=0.0)
     sgd_momentum: float = option(0.9, "sgd_momentum only (plain `sgd` has none)", gt=0.0, lt=1.0)
@@ -177,12 +186,26 @@ def validate_study(cfg: StudyConfig) -> None:
     s, d, m, g = cfg.study, cfg.data, cfg.model, cfg.grid
     if not s.name or "/" in s.name or s.name in (".", ".."):
         fail("study.name", f"must be a plain folder name, got {s.name!r}")
-    if not s.seeds or min(s.seeds) < 0 or len(set(s.seeds)) != len(s.seeds):
-        fail("study.seeds", f"must list at least one seed, each >= 0 and none twice; got {s.seeds}")
+    if not s.seeds or len(s.seeds) > MAX_LIST or min(s.seeds) < 0 or len(set(s.seeds)) != len(s.seeds):
+        fail("study.seeds", f"must list 1 to {MAX_LIST} seeds, each >= 0 and none twice; got {s.seeds}")
     if not (s.device in ("auto", "cpu", "cuda") or (s.device.startswith("cuda:") and s.device[5:].isdigit())):
         fail("study.device", f"must be auto, cpu, cuda or cuda:N; got {s.device!r}")
-    if not d.fg_ratios or not all(0.0 < r < 1.0 for r in d.fg_ratios) or len(set(d.fg_ratios)) != len(d.fg_ratios):
-        fail("data.fg_ratios", f"must list ratios between 0 and 1 (exclusive), none twice; got {d.fg_ratios}")
+    if (
+        not d.fg_ratios
+        or len(d.fg_ratios) > MAX_LIST
+        or not all(0.0 < r < 1.0 for r in d.fg_ratios)
+        or len(set(d.fg_ratios)) != len(d.fg_ratios)
+    ):
+        fail("data.fg_ratios", f"must list 1 to {MAX_LIST} ratios between 0 and 1 (exclusive), none twice; got {d.fg_ratios}")
+    # Derived sizes: what one batch (and the held-out set) holds must fit a machine, checked before any folder is made.
+    width = m.channels if m.arch == "tiny" else max(m.decoder_channels + [64])
+    for key, images in (("data.batch_size", d.batch_size), ("data.eval_images", d.eval_images if d.source == "toy" else 0)):
+        if images * width * d.image_size**2 > MAX_ACTIVATION:
+            fail(
+                key,
+                f"{images} images x {width} channels x {d.image_size}x{d.image_size} pixels is more than {MAX_ACTIVATION} "
+                "activation values per layer (1 GiB); lower it, data.image_size or the channels",
+            )
     if m.arch == "unet" and d.image_size % 32:
         fail("data.image_size", f"must be a positive multiple of 32 for model.arch: unet (it downsamples 5 times), got {d.image_size}")
     if len(m.decoder_channels) != 5 or min(m.decoder_channels) < 1:

@@ -4,7 +4,10 @@ Order of work: config and paths are checked before anything else (bad input is o
 the data of every (seed, row) is built before the folder is touched; the runs go seed by seed,
 so an interrupted study holds whole seeds first. Ctrl-C or SIGTERM stops before the next
 training step: the unfinished run is dropped, and runs.csv, steps.csv, the summary and the
-plots are written from the finished runs before the exit (130 / 143).
+plots are written from the finished runs before the exit (130 / 143). With --overwrite the old
+study stays (moved aside, runtime.replace) until the new one is complete: an interrupted or failed
+new study is removed and the old one put back. A new study that fails on anything but a stop is
+removed, so no half-made folder stays.
 """
 
 from __future__ import annotations
@@ -12,7 +15,6 @@ from __future__ import annotations
 import csv
 import io
 import math
-import shutil
 import statistics
 import time
 from collections.abc import Callable, Iterable
@@ -27,6 +29,7 @@ from seg_pet.runtime.device import resolve_device
 from seg_pet.runtime.errors import SegPetError
 from seg_pet.runtime.fileio import atomic_write
 from seg_pet.runtime.paths import check_output
+from seg_pet.runtime.replace import replacing
 from seg_pet.runtime.signals import DeferredStop, Interrupted
 from seg_pet.study.config import CONFIG_NAME, StudyConfig, load_study_config, study_config_to_dict, study_optimizer
 from seg_pet.study.losses import build_losses
@@ -186,7 +189,16 @@ def run_study(
         torch.set_num_threads(cfg.study.cpu_threads)
     try:
         with DeferredStop() as stop:
-            return _run_grid(cfg, device, log, progress, stop)
+            tasks = build_tasks(cfg, device)  # reads (and so checks) the data before the folder is touched
+            with replacing(cfg.out_dir, "study folder", keep_new_on=(Interrupted,)) as old:
+                try:
+                    return _run_grid(cfg, tasks, device, log, progress, stop)
+                except Interrupted as exc:
+                    if old is None:
+                        raise
+                    raise Interrupted(
+                        exc.signum, f"before the new study {cfg.out_dir} was complete; the previous one is back in place"
+                    ) from None
     finally:
         torch.set_num_threads(threads)  # a global setting: leave it as the caller had it
 
@@ -262,11 +274,10 @@ def write_results(
     )
 
 
-def _run_grid(cfg: StudyConfig, device: torch.device, log: Callable[[str], None], progress: bool, stop: DeferredStop) -> Path:
+def _run_grid(
+    cfg: StudyConfig, tasks: list[StudyTask], device: torch.device, log: Callable[[str], None], progress: bool, stop: DeferredStop
+) -> Path:
     out_dir, g = cfg.out_dir, cfg.grid
-    tasks = build_tasks(cfg, device)
-    if out_dir.exists():
-        shutil.rmtree(out_dir)  # --overwrite, checked in check_out_dir
     out_dir.mkdir(parents=True)
     with atomic_write(out_dir / CONFIG_NAME) as f:
         yaml.safe_dump(study_config_to_dict(cfg), f, sort_keys=False)

@@ -261,9 +261,13 @@ def test_atomic_write_keeps_old_file_on_failure(tmp_path):
 
 def test_remove_partial_files_only_removes_leftovers(tmp_path):
     (tmp_path / "checkpoints").mkdir()
-    leftover = tmp_path / "checkpoints" / ".last.pt.partial-abc123.pt"
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # a finished process: its temporary files are leftovers
+    leftover = tmp_path / "checkpoints" / f".last.pt.partial-{dead.pid}-abc12345.pt"
     leftover.write_bytes(b"half")
-    keep = [tmp_path / ".synthetic.json", tmp_path / "checkpoints" / "last.pt", tmp_path / "partial-notes.txt"]
+    live = tmp_path / f".metrics.csv.partial-{os.getpid()}-abc12345.csv"  # a write in progress (this process)
+    unknown = tmp_path / ".metrics.csv.partial-abc123.csv"  # no PID: owner unknown
+    keep = [tmp_path / ".synthetic.json", tmp_path / "checkpoints" / "last.pt", tmp_path / "partial-notes.txt", live, unknown]
     for path in keep:
         path.write_text("x")
     assert remove_partial_files(tmp_path) == [leftover]
