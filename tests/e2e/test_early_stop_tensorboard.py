@@ -81,5 +81,11 @@ def test_tensorboard_events_one_step_per_epoch_across_a_resume(tmp_path):
     assert main(argv + ["--stop-after-epoch", "2"]) == 0
     run = tmp_path / "out" / "tb3"
     assert val_miou_steps(run) == [1, 2]
+    saved = (run / "checkpoints" / "last.pt").read_bytes()
+    assert main(["train", "--resume", str(run)]) == 0
+    assert val_miou_steps(run) == [1, 2, 3]
+    # a process killed after logging epoch 3 but before its checkpoint: the resume drops that step and logs it again
+    (run / "checkpoints" / "last.pt").write_bytes(saved)
+    (run / "test_metrics.json").unlink()
     assert main(["train", "--resume", str(run)]) == 0
     assert val_miou_steps(run) == [1, 2, 3]
