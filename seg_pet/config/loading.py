@@ -288,6 +288,8 @@ def validate(cfg: Config) -> None:
         fail("data.crop_scale", f"must be [min, max] with 0 < min <= max <= 1, got {cfg.data.crop_scale}")
     if cfg.data.val_fraction == 0 and cfg.train.select != "last":
         fail("train.select", "data.val_fraction: 0 leaves no validation split to select on; use train.select: last")
+    if cfg.data.val_fraction == 0 and cfg.train.early_stop:
+        fail("train.early_stop", "data.val_fraction: 0 leaves no validation mIoU to stop on; set train.early_stop: 0")
     if cfg.optim.warmup_epochs >= cfg.optim.epochs:
         fail("optim.warmup_epochs", f"must be less than optim.epochs ({cfg.optim.epochs}), got {cfg.optim.warmup_epochs:g}")
     spec = label_spec(cfg.data)

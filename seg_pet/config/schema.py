@@ -267,6 +267,16 @@ class TrainConfig:
         choices=("best_val", "last"),
     )
     max_steps_per_epoch: Optional[int] = option(None, "cap on training steps per epoch (quick experiments, tests)", ge=1)
+    early_stop: Optional[int] = option(
+        None,
+        "stop after this many epochs in a row without a validation mIoU gain above train.early_stop_min_delta, then test "
+        "best.pt; cuts the learning-rate schedule short (it stays sized for optim.epochs); 0 or null = off",
+        ge=0,
+    )
+    early_stop_min_delta: float = option(0.0, "the validation mIoU gain that counts as an improvement for train.early_stop", ge=0.0)
+    tensorboard: bool = option(
+        False, 'log every epoch to <run>/tensorboard (rank 0 only); needs the extra: pip install -e ".[tensorboard]"'
+    )
     sync_bn: bool = option(
         False,
         "under torchrun: batch-norm statistics over the global batch (SyncBatchNorm) instead of each process's own; ignored in one process",

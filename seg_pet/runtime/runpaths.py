@@ -28,6 +28,7 @@ class RunPaths:
         self.test_confusion_plot = self.plots / "test_confusion.png"
         self.overlays = self.root / "overlays"
         self.cache = self.root / "cache"
+        self.tensorboard = self.root / "tensorboard"
 
     def checkpoint(self, which: str) -> Path:
         """`best` or `last`: the run's own checkpoint file."""

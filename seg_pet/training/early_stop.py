@@ -1,5 +1,5 @@
-"""Early stopping on validation mIoU (patience in epochs, min_delta). Not yet called by train(): the config
-keys and the calls from the epoch loop come with the restructured train.py.
+"""Early stopping on validation mIoU (train.early_stop: patience in epochs; train.early_stop_min_delta),
+counted by training/state.py `Progress` and saved in its checkpoints.
 
 An epoch improves when its validation mIoU exceeds the best so far by more than min_delta; after
 `patience` epochs in a row without improvement training stops and the test runs on best.pt. The

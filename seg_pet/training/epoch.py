@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any, NamedTuple, Optional
 
 import torch
@@ -16,7 +17,7 @@ from torchvision import tv_tensors
 from torchvision.transforms.v2 import functional as F
 
 from seg_pet.checkpoint import save_checkpoint
-from seg_pet.config import Config
+from seg_pet.config import Config, config_to_dict
 from seg_pet.data.cache import cache_datasets
 from seg_pet.data.loaders import epoch_train_loader, move_caches_to_device, val_loader_for
 from seg_pet.data.segmentation import SegmentationDataset
@@ -33,6 +34,7 @@ from seg_pet.training.monitors import epoch_warnings
 from seg_pet.training.records import EpochRecord, console_line, write_epoch_outputs
 from seg_pet.training.rundir import discard_replaced_runs
 from seg_pet.training.state import Progress, Setup, checkpoint_state
+from seg_pet.training.tensorboard import TensorBoardLog
 from seg_pet.viz import save_overlay, save_panel
 
 
@@ -133,8 +135,9 @@ def save_epoch(
     cfg: Config,
     names: list[str],
     log: Callable[[str], None],
+    board: Optional[TensorBoardLog] = None,
 ) -> None:
-    """Overlays, metrics files and checkpoints of the epoch just added to `progress`; its console line.
+    """Overlays, metrics files, checkpoints and TensorBoard events of the epoch just added to `progress`; its console line.
 
     last.pt first: if the process dies before best.pt is written, resume rewrites best.pt from it.
     With a finished epoch saved the new run is known good: a run --overwrite moved aside goes."""
@@ -150,9 +153,29 @@ def save_epoch(
     if improved:
         save_checkpoint(paths.best, state)
     discard_replaced_runs(paths.root)
+    if board is not None:
+        board.epoch(row, sorted(paths.epoch_overlays(epoch).glob("*_panel.png")))
     log(console_line(row, cfg.optim.epochs) + ("  *best*" if improved and cfg.train.select == "best_val" else ""))
     for warning in row["warnings"]:
         log(f"  WARNING: {warning}")
+
+
+@contextmanager
+def open_board(cfg: Config, progress: Progress) -> Iterator[Optional[TensorBoardLog]]:
+    """train.tensorboard: rank 0's event stream in <run>/tensorboard, continued from the first new epoch; None otherwise."""
+    board = TensorBoardLog(RunPaths(cfg.run_dir).root, progress.start_epoch) if cfg.train.tensorboard and is_main() else None
+    try:
+        yield board
+    finally:
+        if board is not None:
+            board.close()
+
+
+def log_test(board: Optional[TensorBoardLog], metrics: dict[str, Any], cfg: Config, progress: Progress) -> None:
+    """The test confusion matrix and the config as hparams with the final metrics, at the last epoch's step."""
+    if board is not None and metrics:
+        step = progress.rows[-1]["epoch"] if progress.rows else 0
+        board.test(metrics, config_to_dict(cfg), RunPaths(cfg.run_dir).test_confusion_plot, progress.best_miou, step)
 
 
 def overlay_indices(num_images: int, count: int) -> list[int]:

@@ -30,6 +30,7 @@ from seg_pet.runtime.errors import CheckpointError, DataError, SegPetError, firs
 from seg_pet.runtime.fileio import atomic_write, remove_partial_files, write_json
 from seg_pet.runtime.runpaths import RunPaths
 from seg_pet.runtime.seeding import rng_state, set_rng_state
+from seg_pet.training.early_stop import EarlyStop
 from seg_pet.training.optim import build_optimizer, build_scheduler
 from seg_pet.training.parallel import data_parallel, global_batch_norm, unwrapped
 from seg_pet.training.records import EpochRecord, check_history
@@ -63,14 +64,31 @@ class Progress:
     best_miou: float = -math.inf
     best_epoch: int = 0
     rows: list[dict[str, Any]] = field(default_factory=list)
+    early_stop: EarlyStop = field(default_factory=lambda: EarlyStop(None))  # train.early_stop: its counter (saved in checkpoints)
+    stop_now: bool = False  # the epoch just added ran train.early_stop's patience out
 
     def add(self, record: EpochRecord, select: str) -> bool:
-        """Append the epoch's row; True when the epoch becomes best.pt (train.select)."""
+        """Append the epoch's row and count it for train.early_stop; True when the epoch becomes best.pt (train.select)."""
         self.rows.append(record.row())
+        self.stop_now = self.early_stop.update(record.val_miou)  # in every process: the decision is rank 0's
         improved = select == "last" or (not math.isnan(record.val_miou) and record.val_miou > self.best_miou)
         if improved:
             self.best_miou, self.best_epoch = record.val_miou, record.epoch
         return improved
+
+    def epochs(self, total: int) -> range:
+        """The epochs left to train: none when a resumed run had already stopped early."""
+        return range(self.start_epoch, (self.start_epoch if self.early_stop.stopped else total + 1))
+
+    def stopped_early(self, log: Callable[[str], None]) -> bool:
+        """True (and one line logged) when train.early_stop ends training after the epoch just saved."""
+        if self.stop_now:
+            e = self.early_stop
+            log(
+                f"early stop after epoch {self.rows[-1]['epoch']}: no validation mIoU gain above {e.min_delta:g} for {e.patience} "
+                f"epoch(s) (best {e.best:.4f}); testing best.pt"
+            )
+        return self.stop_now
 
 
 def load_resume_state(cfg: Config, stop_after_epoch: Optional[int]) -> dict[str, Any]:
@@ -173,6 +191,7 @@ def checkpoint_state(setup: Setup, progress: Progress, cfg: Config, names: list[
         "epoch": epoch,
         "best_miou": progress.best_miou,
         "best_epoch": progress.best_epoch,
+        "early_stop": progress.early_stop.state(),
         "history": rows,
         "metrics": rows[-1] if rows else {},
         "pixel_counts": setup.pixel_counts,
@@ -213,7 +232,9 @@ def restore(setup: Setup, state: dict[str, Any], cfg: Config, names: list[str], 
             f"bit-for-bit as it would have (other shards, global batch {setup.batch_size * world_size()} instead of "
             f"{state.get('global_batch', '?')}; see docs/distributed.md)"
         )
-    return Progress(state["epoch"] + 1, state["best_miou"], state["best_epoch"], history)
+    progress = Progress(state["epoch"] + 1, state["best_miou"], state["best_epoch"], history, early_stopper(cfg))
+    progress.early_stop.load(state.get("early_stop"))  # a checkpoint from before early stopping: the counter starts afresh
+    return progress
 
 
 def begin_run(
@@ -225,11 +246,16 @@ def begin_run(
         if is_main():
             tidy_resumed_run(resume_state, cfg, progress, log)
         return progress, None
-    progress = Progress()
+    progress = Progress(early_stop=early_stopper(cfg))
     initial = checkpoint_state(setup, progress, cfg, names, 0)  # in every process: it gathers their RNG states
     if not is_main():
         return progress, None
     return progress, create_run_dir(cfg.run_dir, lambda folder: write_initial_files(RunPaths(folder), cfg, setup, initial, names))
+
+
+def early_stopper(cfg: Config) -> EarlyStop:
+    """train.early_stop's counter, fresh (patience 0 or null: off)."""
+    return EarlyStop(cfg.train.early_stop or None, cfg.train.early_stop_min_delta)
 
 
 def write_initial_files(paths: RunPaths, cfg: Config, setup: Setup, state: dict[str, Any], names: list[str]) -> None:

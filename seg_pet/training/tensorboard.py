@@ -1,5 +1,5 @@
-"""TensorBoard logging (the optional extra `pip install -e ".[tensorboard]"`). Not yet called by train():
-the config key that turns it on and the calls from the epoch loop come with the restructured train.py.
+"""TensorBoard logging (the optional extra `pip install -e ".[tensorboard]"`), turned on by train.tensorboard;
+train() opens it (training/epoch.py `open_board`) and logs each saved epoch and the final test.
 
 One event stream per run, in <run>/tensorboard/, written by rank 0 only; the step is the epoch.
 Per epoch: losses, lr, gradient norms, val mIoU, per-class IoU, boundary IoU, pixel accuracy, the

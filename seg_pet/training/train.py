@@ -17,11 +17,12 @@ from seg_pet.runtime.device import Runtime
 from seg_pet.runtime.distributed import is_main, join_process_group, world_size
 from seg_pet.runtime.runpaths import RunPaths
 from seg_pet.runtime.seeding import seed_everything
-from seg_pet.training.epoch import prepare_data, run_epoch, save_epoch
+from seg_pet.training.epoch import log_test, open_board, prepare_data, run_epoch, save_epoch
 from seg_pet.training.final_test import test_once
 from seg_pet.training.guard import guarded_run
 from seg_pet.training.rundir import check_run_dir, resume_command
 from seg_pet.training.state import Setup, begin_run, build_setup, load_resume_state
+from seg_pet.training.tensorboard import require_tensorboard
 
 
 def train(
@@ -45,6 +46,7 @@ def train(
     Interrupted. `dry_run`: every check up to here, then return {} having written nothing.
     `test=False`: the test split is never read (returns {}).
     """
+    require_tensorboard(cfg.train.tensorboard)
     paths = RunPaths(cfg.run_dir)
     check_run_dir(paths.root, resume, overwrite)
     runtime = Runtime.create(cfg.train.device, amp=cfg.train.amp, deterministic=cfg.train.deterministic)
@@ -65,23 +67,28 @@ def train(
         f"run {paths.root}: {len(datasets['train'])} train / {len(datasets['val'])} val images, classes {names}, {runtime.describe()}"
         + processes_note(setup, cfg)
     )
-    with guarded_run(paths, new_folder, progress.rows) as guard:
-        data = prepare_data(cfg, datasets, setup, runtime, log)
-        for epoch in range(progress.start_epoch, cfg.optim.epochs + 1):
-            record = run_epoch(setup, data, runtime, cfg, names, epoch, progress.rows, guard)
-            improved = progress.add(record, cfg.train.select)
-            save_epoch(setup, progress, improved, data, runtime, cfg, names, log)
-            if on_epoch is not None:
-                on_epoch(record.row())
-            guard.stop_if_asked(epoch, finished=True)  # a signal during validation or saving: this epoch is complete
-            if stop_after_epoch is not None and stop_after_epoch <= epoch < cfg.optim.epochs:
-                log(
-                    f"stopped after epoch {epoch} as asked (--stop-after-epoch {stop_after_epoch}); continue with: {resume_command(paths.root)}"
-                )
-                return {}
-    if test_set is None:
-        return {}
-    return test_once(setup.model, test_set, cfg, runtime, names, log)
+    with open_board(cfg, progress) as board:  # train.tensorboard: rank 0 writes its events; None otherwise
+        with guarded_run(paths, new_folder, progress.rows) as guard:
+            data = prepare_data(cfg, datasets, setup, runtime, log)
+            for epoch in progress.epochs(cfg.optim.epochs):
+                record = run_epoch(setup, data, runtime, cfg, names, epoch, progress.rows, guard)
+                improved = progress.add(record, cfg.train.select)
+                save_epoch(setup, progress, improved, data, runtime, cfg, names, log, board)
+                if on_epoch is not None:
+                    on_epoch(record.row())
+                guard.stop_if_asked(epoch, finished=True)  # a signal during validation or saving: this epoch is complete
+                if progress.stopped_early(log):  # train.early_stop: every process stops here together
+                    break
+                if stop_after_epoch is not None and stop_after_epoch <= epoch < cfg.optim.epochs:
+                    log(
+                        f"stopped after epoch {epoch} as asked (--stop-after-epoch {stop_after_epoch}); continue with: {resume_command(paths.root)}"
+                    )
+                    return {}
+        if test_set is None:
+            return {}
+        metrics = test_once(setup.model, test_set, cfg, runtime, names, log)
+        log_test(board, metrics, cfg, progress)
+    return metrics
 
 
 def quiet(message: str) -> None:
