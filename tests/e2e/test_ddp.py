@@ -253,3 +253,37 @@ def test_a_corrupt_image_on_one_shard_stops_both_processes(base, tmp_path):
     exit_codes = dict(re.findall(r"rank\s*:\s*(\d+) \(local_rank.*\n\s*exitcode\s*:\s*(-?\d+)", err))
     assert exit_codes.get("1") == "2" and exit_codes.get("0") not in (None, "0"), err
     assert elapsed < 150, elapsed
+
+
+def test_folder_source_with_declared_classes_under_torchrun(base, tmp_path):
+    """Own data under 2 processes: the folder source, 5 declared classes, index masks with an ignore value."""
+    from tests.integration.test_folder_source import make_folder
+
+    names = ["road", "grass", "water", "roof", "tree"]
+    root = make_folder(tmp_path / "data", "folders", n=len(names), count=10)
+    sets = {
+        "data.source": "folder",
+        "data.root": str(root),
+        "data.classes": str(names),
+        "data.ignore_values": "[255]",
+        "data.image_size": 32,
+        "data.batch_size": 2,
+        "data.num_workers": 0,
+        "run.output_dir": str(tmp_path / "runs"),
+        "run.name": "own",
+        "model.encoder": "resnet18",
+        "model.encoder_weights": "null",
+        "optim.epochs": 2,
+        "train.max_steps_per_epoch": 1,
+        "train.device": "cpu",
+        "train.overlays": 1,
+        "train.dist_timeout": 60,
+    }
+    argv = ["train", "--config", str(base / "empty.yaml"), *[f"--set={k}={v}" for k, v in sets.items()]]
+    code, out, err = finished(torchrun(base, argv))
+    assert code == 0, err
+    assert "2 processes x batch 2 = global batch 4" in out
+    run = tmp_path / "runs" / "own"
+    assert [r["epoch"] for r in rows(run)] == [1, 2]
+    assert all(list(r["val_iou"]) == names for r in rows(run))
+    assert list(json.loads((run / "test_metrics.json").read_text())["iou"]) == names
