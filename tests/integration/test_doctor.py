@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import seg_pet.doctor.run as diagnostics
-import seg_pet.training.train as train_module
+import seg_pet.training.epoch as train_module
 from seg_pet.checkpoint import load_checkpoint
 from seg_pet.cli import main
 from seg_pet.config import load_config
