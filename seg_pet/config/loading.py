@@ -336,5 +336,15 @@ def config_to_dict(cfg: Config) -> dict[str, Any]:
     return data
 
 
+def flat_keys(value: Any, prefix: str = "") -> dict[str, Any]:
+    """Plain config data with nested keys joined by '.' ("optim.lr"), as `--set` writes them."""
+    if not isinstance(value, dict):
+        return {prefix: value}
+    out: dict[str, Any] = {}
+    for key, item in value.items():
+        out.update(flat_keys(item, f"{prefix}.{key}" if prefix else str(key)))
+    return out
+
+
 def dump_config(cfg: Config) -> str:
     return yaml.safe_dump(config_to_dict(cfg), sort_keys=False)

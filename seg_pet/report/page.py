@@ -13,6 +13,7 @@ from typing import Any, Optional
 import jinja2
 import yaml
 
+from seg_pet.config import flat_keys
 from seg_pet.runtime.errors import SegPetError
 from seg_pet.runtime.fileio import atomic_write
 from seg_pet.runtime.paths import check_output
@@ -134,18 +135,9 @@ def run_pictures(run: dict[str, Any], tmp: Path) -> dict[str, Any]:
     return pictures
 
 
-def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(value, dict):
-        out: dict[str, Any] = {}
-        for key, item in value.items():
-            out.update(flatten(item, f"{prefix}.{key}" if prefix else str(key)))
-        return out
-    return {prefix: value}
-
-
 def compare(runs: list[dict[str, Any]], tmp: Path) -> dict[str, Any]:
     """Several runs: the config keys whose values differ, the curves overlaid, one table of their numbers."""
-    flat = [flatten(r["config"]) for r in runs]
+    flat = [flat_keys(r["config"]) for r in runs]
     keys = sorted({k for f in flat for k in f})
     missing = "(absent)"
     differ = [

@@ -19,6 +19,7 @@ from typing import Any, Optional
 import numpy as np
 from PIL import Image
 
+from seg_pet.config import flat_keys
 from seg_pet.runtime.errors import SegPetError
 
 INSTALL = 'pip install -e ".[tensorboard]"'
@@ -31,16 +32,9 @@ def require_tensorboard(enabled: bool) -> None:
         raise SegPetError(f"train.tensorboard: true needs the tensorboard package; install it with: {INSTALL}")
 
 
-def _flat(value: Any, prefix: str = "") -> dict[str, Any]:
-    """The config as hparams: nested keys joined with '.', values TensorBoard accepts (numbers, text, bools)."""
-    if isinstance(value, dict):
-        out: dict[str, Any] = {}
-        for key, item in value.items():
-            out.update(_flat(item, f"{prefix}.{key}" if prefix else str(key)))
-        return out
-    if value is None or isinstance(value, (list, tuple)):
-        return {prefix: str(value)}
-    return {prefix: value}
+def _hparams(config: dict[str, Any]) -> dict[str, Any]:
+    """The config as hparams: dotted keys, values TensorBoard accepts (numbers, text, bools)."""
+    return {k: str(v) if v is None or isinstance(v, (list, tuple)) else v for k, v in flat_keys(config).items()}
 
 
 def _finite(value: Any) -> bool:
@@ -89,7 +83,7 @@ class TensorBoardLog:
             "hparam/best_val_miou": best_val_miou,
         }
         final = {k: float(v) for k, v in final.items() if _finite(v)}
-        self.writer.add_hparams(_flat(config), final, run_name=".", global_step=step)
+        self.writer.add_hparams(_hparams(config), final, run_name=".", global_step=step)
         self.writer.flush()
 
     def close(self) -> None:
