@@ -88,9 +88,11 @@ def test_layouts_and_codings_give_the_declared_class_ids(tmp_path, layout, sizes
     assert image.shape == (3, 32, 32)
     assert set(target.unique().tolist()) == {0, 1, 2, IGNORE_INDEX}
     # native size, exact ids: the first row is ignore, the rest is (x + y*W + seed) % 3
-    labels = datasets["train"].labels(0).numpy()
-    assert labels.shape == (SIZE[1], SIZE[0]) and (labels[0] == IGNORE_INDEX).all()
-    assert set(np.unique(labels[1:]).tolist()) == {0, 1, 2}
+    for split in (datasets["train"], datasets["val"], test):
+        seed = int(split.name(0)[2:])
+        expected = (np.arange(SIZE[0] * SIZE[1]).reshape(SIZE[1], SIZE[0]) + seed) % 3
+        expected[0, :] = IGNORE_INDEX
+        assert (split.labels(0).numpy() == expected).all()
 
 
 @pytest.mark.parametrize("n, ignore", [(2, None), (5, 255), (12, 12), (12, None)])
@@ -108,11 +110,15 @@ def test_n_classes_losses_weights_metrics_monitors(tmp_path, n, ignore):
     assert len(weights) == n
     _, target = train[0]
     target = target[None]
-    logits = torch.randn(1, n, *target.shape[-2:], requires_grad=True)
+    valid = target != IGNORE_INDEX
+    perfect = 20.0 * torch.nn.functional.one_hot(torch.where(valid, target, 0), n).permute(0, 3, 1, 2).float()
+    wrong = perfect.roll(1, dims=1)  # every labelled pixel's top logit is another class
+    noise = torch.where(valid[:, None], 0.0, 50.0 * torch.randn_like(perfect))  # only at ignored pixels
     for name in ("wce", "ce_dice", "dice", "lovasz", "focal"):
         loss_cfg = load_config(None, [f"loss.name={name}"]).loss
-        loss = build_loss(loss_cfg, list(spec.names), weights if name == "wce" else None)(logits, target)
-        assert torch.isfinite(loss)
+        loss = build_loss(loss_cfg, list(spec.names), weights if name == "wce" else None)
+        assert loss(perfect, target) < loss(wrong, target), name
+        assert torch.allclose(loss(perfect + noise, target), loss(perfect, target), atol=1e-5), name  # ignored pixels count for nothing
     matrix = ConfusionMatrix(n)
     matrix.update(target, target)
     metrics = compute_metrics(matrix.mat, list(spec.names))
