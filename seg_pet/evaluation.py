@@ -257,7 +257,14 @@ def write_details(
         group = ", ".join((r["group"] or {}).values())
         title = f"#{rank_} {r['image']}" + (f" ({group})" if group else "") + f": mIoU {_fmt(r['miou'])}"
         save_panel(
-            folder / "worst" / f"{rank_:02d}_{r['image']}.png", denormalize(image), target.numpy(), pred, names, title=title, errors=True
+            folder / "worst" / f"{rank_:02d}_{r['image']}.png",
+            denormalize(image),
+            target.numpy(),
+            pred,
+            names,
+            title=title,
+            errors=True,
+            palette=dataset.spec.palette_array(),
         )
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import jinja2
+import numpy as np
 import yaml
 
 from seg_pet.config import flat_keys
@@ -124,7 +125,9 @@ def run_pictures(run: dict[str, Any], tmp: Path) -> dict[str, Any]:
     """Curves and the test confusion matrix drawn afresh from the numbers; worst/ panels as the run saved them."""
     pictures: dict[str, Any] = {"curves": None, "confusion": None, "worst": []}
     if run["rows"] and run["names"]:
-        plot_curves(run["rows"], run["names"], tmp / "curves.png")
+        colours = ((run["config"] or {}).get("data") or {}).get("class_colors")
+        palette = np.array(colours, dtype=np.uint8).reshape(-1, 3) if colours else None  # declared colours; else the default (Pet) palette
+        plot_curves(run["rows"], run["names"], tmp / "curves.png", palette)
         pictures["curves"] = png(tmp / "curves.png")
     test = run["test"]
     if test is not None and test.get("confusion"):

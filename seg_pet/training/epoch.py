@@ -148,7 +148,7 @@ def save_epoch(
     paths = RunPaths(cfg.run_dir)
     if cfg.train.overlays:
         save_epoch_overlays(setup.model, data.val_set, data.overlay_indices, paths.epoch_overlays(epoch), runtime, names)
-    write_epoch_outputs(paths.root, progress.rows, names)
+    write_epoch_outputs(paths.root, progress.rows, names, data.val_set.spec.palette_array())
     save_checkpoint(paths.last, state)
     if improved:
         save_checkpoint(paths.best, state)

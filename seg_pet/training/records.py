@@ -9,7 +9,9 @@ import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
+
+import numpy as np
 
 from seg_pet.runtime.errors import CheckpointError
 from seg_pet.runtime.fileio import atomic_write, to_jsonable
@@ -83,10 +85,11 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def write_epoch_outputs(run_dir: Path, rows: list[dict[str, Any]], names: list[str]) -> None:
-    """Every per-epoch file, rewritten from the whole history: metrics.jsonl, metrics.csv, plots/curves.png."""
+def write_epoch_outputs(run_dir: Path, rows: list[dict[str, Any]], names: list[str], palette: Optional[np.ndarray] = None) -> None:
+    """Every per-epoch file, rewritten from the whole history: metrics.jsonl, metrics.csv, plots/curves.png
+    (per-class curves in `palette`, the run's class colours)."""
     write_history(run_dir, rows, names)
-    plot_curves(rows, names, RunPaths(run_dir).curves)
+    plot_curves(rows, names, RunPaths(run_dir).curves, palette)
 
 
 def write_history(run_dir: Path, rows: list[dict[str, Any]], names: list[str]) -> None:

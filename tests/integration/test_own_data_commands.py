@@ -3,6 +3,7 @@ doctor, predict (index, color, trimap refused), export (model.json) and evaluate
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 from pathlib import Path
@@ -12,6 +13,7 @@ import pytest
 from PIL import Image
 
 from seg_pet.cli import main
+from seg_pet.runtime.runpaths import RunPaths
 from tests.conftest import REPO, SHARED_DATA, SMALL_MODEL, set_args
 from tests.integration.test_folder_source import colours, make_folder
 
@@ -126,3 +128,16 @@ def test_camvid_folder_config_end_to_end(tmp_path):
     metrics = json.loads((tmp_path / "camvid_folder" / "test_metrics.json").read_text())
     names = ["sky", "building", "pole", "road", "pavement", "tree", "sign_symbol", "fence", "car", "pedestrian", "bicyclist"]
     assert list(metrics["iou"]) == names
+
+
+def test_curves_panels_and_report_draw_the_declared_colours(own, tmp_path):
+    worst = sorted((own["run"] / "worst").glob("*.png"))
+    assert worst, "the run saved no worst/ panels"
+    out = tmp_path / "report.html"
+    assert main(["report", str(own["run"]), "--out", str(out)]) == 0
+    report_curves = re.search(r'<img src="data:image/png;base64,([^"]+)" alt="training curves', out.read_text()).group(1)
+    (tmp_path / "report_curves.png").write_bytes(base64.b64decode(report_curves))
+    for picture in (RunPaths(own["run"]).curves, worst[0], tmp_path / "report_curves.png"):
+        pixels = np.asarray(Image.open(picture).convert("RGB")).reshape(-1, 3)
+        drawn = {tuple(c) for c in np.unique(pixels, axis=0).tolist()}
+        assert [c for c in colours(N) if tuple(c) not in drawn] == [], picture.name
