@@ -6,15 +6,18 @@ from __future__ import annotations
 import base64
 import json
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+import yaml
 from PIL import Image
 
 from seg_pet.cli import main
 from seg_pet.runtime.runpaths import RunPaths
-from tests.conftest import REPO, SHARED_DATA, SMALL_MODEL, set_args
+from tests.conftest import REPO, SHARED_DATA, SMALL_MODEL, set_args, trained_tiny_run
 from tests.integration.test_folder_source import colours, make_folder
 
 pytestmark = pytest.mark.xdist_group("own_data_run")  # one worker trains the shared run once
@@ -141,3 +144,23 @@ def test_curves_panels_and_report_draw_the_declared_colours(own, tmp_path):
         pixels = np.asarray(Image.open(picture).convert("RGB")).reshape(-1, 3)
         drawn = {tuple(c) for c in np.unique(pixels, axis=0).tolist()}
         assert [c for c in colours(N) if tuple(c) not in drawn] == [], picture.name
+
+
+OWN_DATA_KEYS = ("test_fraction", "classes", "mask_format", "class_colors", "ignore_values", "ignore_colors", "background")
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "oxford-iiit-pet").is_dir(), reason="the Pet slice is absent")
+def test_a_pet_run_folder_from_before_own_data_still_evaluates(tmp_path_factory, tmp_path):
+    """config.yaml without the folder-source data.* keys and checkpoints without `labels`: evaluate reads it as Pet."""
+    run = tmp_path / "old"
+    shutil.copytree(trained_tiny_run(tmp_path_factory), run)
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    config["data"] = {k: v for k, v in config["data"].items() if k not in OWN_DATA_KEYS}
+    (run / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    for checkpoint in (RunPaths(run).best, RunPaths(run).last):
+        state = torch.load(checkpoint, weights_only=True)
+        state.pop("labels")
+        torch.save(state, checkpoint)
+    out = tmp_path / "val.json"
+    assert main(["evaluate", "--run", str(run), "--out", str(out)]) == 0
+    assert list(json.loads(out.read_text())["iou"]) == ["pet", "background", "border"]
