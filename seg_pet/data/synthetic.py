@@ -21,6 +21,7 @@ from PIL import Image
 from seg_pet.config import DataConfig
 from seg_pet.data.oxford import open_split
 from seg_pet.data.segmentation import SplitFiles
+from seg_pet.labels import TRIMAP_CODES
 from seg_pet.runtime.errors import DataError
 from seg_pet.runtime.fileio import write_json
 
@@ -30,8 +31,8 @@ MARKER_NAME = ".synthetic.json"
 FORMAT_VERSION = 1
 JPEG_QUALITY = 95
 
-# Trimap values, as in the real annotations/README: 1 foreground, 2 background, 3 not classified.
-TRIMAP_PET, TRIMAP_BACKGROUND, TRIMAP_BORDER = 1, 2, 3
+# Trimap values, as in the real annotations/README (owned by seg_pet.labels): 1 foreground, 2 background, 3 not classified.
+TRIMAP_PET, TRIMAP_BACKGROUND, TRIMAP_BORDER = TRIMAP_CODES.values()
 
 
 @dataclass(frozen=True)
@@ -201,11 +202,7 @@ def _generate(out: Path, args: dict) -> None:
             "args": args,
             "breeds": [breed.name for breed in _BREEDS],
             "counts": {split: len(split_lines) for split, split_lines in lines.items()},
-            "pixel_shares": {
-                "pet": round(float(shares[0]), 4),
-                "background": round(float(shares[1]), 4),
-                "border": round(float(shares[2]), 4),
-            },
+            "pixel_shares": {name: round(float(shares[code - 1]), 4) for name, code in TRIMAP_CODES.items()},  # shares of values 1..3
         },
     )
 
