@@ -228,7 +228,8 @@ def test_sigterm_to_torchrun_leaves_a_resumable_run(base, capsys):
 
 
 def test_a_corrupt_image_on_one_shard_stops_both_processes(base, tmp_path):
-    """Rank 1's first batch holds a truncated image: it fails with one line; rank 0 loses contact and stops too, promptly."""
+    """Rank 1's first batch holds a truncated image: it fails with one line; rank 0 loses contact and stops too, promptly,
+    and puts back the run --overwrite was replacing (it used to stay hidden in .NAME.replaced-*)."""
     root = tmp_path / "syn"
     subprocess.run(["cp", "-r", str(base / "syn"), str(root)], check=True)
     cfg = load_config(None, overrides(tmp_path, "probe", base))
@@ -242,8 +243,11 @@ def test_a_corrupt_image_on_one_shard_stops_both_processes(base, tmp_path):
     data = victim.read_bytes()
     victim.write_bytes(data[: len(data) // 2])  # the header survives: the file checks pass, decoding fails
 
+    old = base / "out" / "corrupt"
+    old.mkdir(parents=True)
+    (old / "config.yaml").write_text("the old run\n")
     started = time.monotonic()
-    argv = train_argv(base, "corrupt", **{"data.root": str(root)})
+    argv = train_argv(base, "corrupt", **{"data.root": str(root)}) + ["--overwrite"]
     code, _, err = finished(torchrun(base, argv), timeout=180)
     elapsed = time.monotonic() - started
     assert code != 0
@@ -253,6 +257,8 @@ def test_a_corrupt_image_on_one_shard_stops_both_processes(base, tmp_path):
     exit_codes = dict(re.findall(r"rank\s*:\s*(\d+) \(local_rank.*\n\s*exitcode\s*:\s*(-?\d+)", err))
     assert exit_codes.get("1") == "2" and exit_codes.get("0") not in (None, "0"), err
     assert elapsed < 150, elapsed
+    assert [p.name for p in old.parent.glob("*corrupt*")] == ["corrupt"], err
+    assert [p.name for p in old.iterdir()] == ["config.yaml"] and (old / "config.yaml").read_text() == "the old run\n", err
 
 
 def test_folder_source_with_declared_classes_under_torchrun(base, tmp_path):
