@@ -12,7 +12,7 @@ from seg_pet.runtime.distributed import launch, leave_process_group
 from seg_pet.runtime.errors import SegPetError, StorageError
 from seg_pet.runtime.runpaths import RunPaths
 from seg_pet.runtime.signals import Interrupted, Terminated
-from seg_pet.training.rundir import resume_command
+from seg_pet.training.rundir import replaced_runs, resume_command
 from seg_pet.training.train import train
 
 DATA_PARALLEL = True  # runs under torchrun (one process per GPU)
@@ -71,6 +71,8 @@ def run(args: argparse.Namespace) -> int:
     except (Terminated, KeyboardInterrupt):  # outside the phases that say more (setup, a second Ctrl-C)
         if main_process and RunPaths(cfg.run_dir).last.is_file():
             print(f"{cfg.run_dir} is resumable: {resume_command(cfg.run_dir)}", file=sys.stderr)
+        if main_process and args.overwrite and (old := replaced_runs(cfg.run_dir)):
+            print(f"the run --overwrite replaced is kept in {old[-1]}", file=sys.stderr)
         raise
     finally:
         leave_process_group()

@@ -8,6 +8,9 @@
                               one is. Without an old folder a failed new one is deleted, unless the
                               exception is one of `keep_new_on` (a study interrupted on purpose keeps
                               its finished runs).
+    Replacement(target, what) the same rule where the new folder is complete at a point the caller
+                              decides (`complete()`; `put_back()` on failure): train --overwrite, whose
+                              new run is complete once it has saved its first finished epoch
 
 Files are replaced the same way, one at a time, by runtime.fileio.atomic_path.
 """
@@ -27,29 +30,59 @@ from seg_pet.runtime.errors import StorageError
 REPLACED_MARK = ".replaced-"
 
 
+class Replacement:
+    """An old folder moved aside while a new one is built in its place: `complete` deletes the old one,
+    `put_back` deletes the new one and moves the old one back (or says in one line where it is)."""
+
+    def __init__(self, target: Path, what: str) -> None:
+        self.target = Path(target)
+        self.what = what
+        self.aside: Optional[Path] = None
+        if self.target.exists():
+            aside = Path(tempfile.mkdtemp(dir=self.target.parent, prefix=f".{self.target.name}{REPLACED_MARK}"))
+            try:
+                os.replace(self.target, aside)  # onto the empty folder just made: atomic
+            except BaseException:
+                aside.rmdir()
+                raise
+            self.aside = aside
+
+    def complete(self) -> None:
+        """The new folder is complete: the old one goes."""
+        if self.aside is not None:
+            shutil.rmtree(self.aside, ignore_errors=True)
+            self.aside = None
+
+    def put_back(self) -> None:
+        """The new folder is incomplete: it goes and the old one comes back; StorageError (one line) if that fails."""
+        if self.aside is None:
+            return
+        try:
+            shutil.rmtree(self.target, ignore_errors=True)
+            os.replace(self.aside, self.target)
+        except OSError as restore:
+            raise StorageError(
+                f"{self.what} {self.target}: the new one is incomplete and the old one could not be put back "
+                f"({restore.strerror or restore}); it is in {self.aside}: move it back by hand"
+            ) from None
+        self.aside = None
+
+
 @contextlib.contextmanager
 def replacing(target: Path, what: str, keep_new_on: tuple[type[BaseException], ...] = ()) -> Iterator[Optional[Path]]:
     """Build a new `target` folder in the block; yields where the old one waits (None when there was none)."""
     target = Path(target)
-    aside: Optional[Path] = None
-    if target.exists():
-        aside = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}{REPLACED_MARK}"))
-        os.replace(target, aside)  # onto the empty folder just made: atomic
+    replacement = Replacement(target, what)
     try:
-        yield aside
+        yield replacement.aside
     except BaseException as exc:
-        if aside is None:
+        if replacement.aside is None:
             if not isinstance(exc, keep_new_on):
                 shutil.rmtree(target, ignore_errors=True)
             raise
         try:
-            shutil.rmtree(target, ignore_errors=True)
-            os.replace(aside, target)
-        except OSError as restore:
-            raise StorageError(
-                f"{what} {target}: the new one is incomplete and the old one could not be put back "
-                f"({restore.strerror or restore}); it is in {aside}: move it back by hand"
-            ) from exc
+            replacement.put_back()
+        except StorageError as failed:
+            raise failed from exc
         raise
-    if aside is not None:
-        shutil.rmtree(aside, ignore_errors=True)
+    replacement.complete()

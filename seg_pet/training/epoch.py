@@ -32,7 +32,6 @@ from seg_pet.training.guard import RunGuard
 from seg_pet.training.loop import train_one_epoch
 from seg_pet.training.monitors import epoch_warnings
 from seg_pet.training.records import EpochRecord, console_line, write_epoch_outputs
-from seg_pet.training.rundir import discard_replaced_runs
 from seg_pet.training.state import Progress, Setup, checkpoint_state
 from seg_pet.training.tensorboard import TensorBoardLog
 from seg_pet.viz import save_overlay, save_panel
@@ -139,8 +138,7 @@ def save_epoch(
 ) -> None:
     """Overlays, metrics files, checkpoints and TensorBoard events of the epoch just added to `progress`; its console line.
 
-    last.pt first: if the process dies before best.pt is written, resume rewrites best.pt from it.
-    With a finished epoch saved the new run is known good: a run --overwrite moved aside goes."""
+    last.pt first: if the process dies before best.pt is written, resume rewrites best.pt from it."""
     epoch, row = progress.rows[-1]["epoch"], progress.rows[-1]
     state = checkpoint_state(setup, progress, cfg, names, epoch)  # in every process: it gathers their RNG states
     if not is_main():
@@ -152,7 +150,6 @@ def save_epoch(
     save_checkpoint(paths.last, state)
     if improved:
         save_checkpoint(paths.best, state)
-    discard_replaced_runs(paths.root)
     if board is not None:
         board.epoch(row, sorted(paths.epoch_overlays(epoch).glob("*_panel.png")))
     log(console_line(row, cfg.optim.epochs) + ("  *best*" if improved and cfg.train.select == "best_val" else ""))

@@ -2,18 +2,21 @@
 
 Inside it a first Ctrl-C / SIGTERM only asks to stop at a safe point (`RunGuard.stop_if_asked`
 turns it into `Interrupted`, saying what is saved and how to resume); a diverged loss says what was
-kept and what to try; bad input found while reading pixels, before this new run finished an epoch,
-takes the run folder away again (and puts back a run --overwrite replaced).
+kept and what to try. Before a new run has saved its first finished epoch, a run --overwrite replaced
+is put back whatever stops it (bad input, Ctrl-C, SIGTERM, a crash, another torchrun process failing),
+and the message says so; a new run replacing nothing is taken away again on bad input only (an
+interrupted one stays resumable from its epoch-0 last.pt).
 """
 
 from __future__ import annotations
 
 import contextlib
+import sys
 from collections.abc import Iterator
 from typing import Any, Optional
 
-from seg_pet.runtime.distributed import agreed_signal
-from seg_pet.runtime.errors import SegPetError, TrainingDiverged, is_input_error
+from seg_pet.runtime.distributed import agreed_signal, is_main
+from seg_pet.runtime.errors import TrainingDiverged, is_input_error
 from seg_pet.runtime.runpaths import RunPaths
 from seg_pet.runtime.signals import DeferredStop, Interrupted
 from seg_pet.training.rundir import NewRunFolder, resume_command
@@ -43,19 +46,29 @@ class RunGuard:
             raise Interrupted(signum, f"during epoch {epoch} (its unfinished steps are discarded); {saved_note(self.paths, epoch - 1)}")
 
 
+def old_run_back(paths: RunPaths) -> str:
+    return f"the new run had no finished epoch: it was removed, and the old run is back in {paths.root}"
+
+
 @contextlib.contextmanager
 def guarded_run(paths: RunPaths, new_folder: Optional[NewRunFolder], rows: list[Any]) -> Iterator[RunGuard]:
-    """Signals deferred, divergence explained, and `new_folder` abandoned on bad input while `rows` (finished epochs) is empty."""
+    """Signals deferred, divergence explained, and `new_folder` abandoned as the module says while it is not complete."""
     with DeferredStop() as stop:
         try:
             yield RunGuard(paths, stop)
-        except TrainingDiverged as exc:
-            raise TrainingDiverged(
-                f"{exc}; training stopped. Checkpoints and metrics up to the last finished epoch are kept in {paths.root}. "
-                "Try a lower optim.lr, optim.grad_clip, or train.amp: false"
-            ) from None
-        except (SegPetError, RuntimeError) as exc:
-            # A DataLoader worker re-raises bad input (a truncated image, a trimap value outside 1..3) with its type.
-            if new_folder is not None and not rows and is_input_error(exc):
-                new_folder.abandon()
+        except BaseException as exc:
+            old_back = new_folder is not None and not new_folder.completed and new_folder.replaced is not None
+            if old_back or (new_folder is not None and not rows and is_input_error(exc)):
+                new_folder.abandon()  # StorageError, saying where the old run is, if it cannot be put back
+            if isinstance(exc, TrainingDiverged):
+                kept = (
+                    old_run_back(paths) if old_back else f"Checkpoints and metrics up to the last finished epoch are kept in {paths.root}"
+                )
+                raise TrainingDiverged(
+                    f"{exc}; training stopped. {kept}. Try a lower optim.lr, optim.grad_clip, or train.amp: false"
+                ) from None
+            if old_back and isinstance(exc, Interrupted):
+                raise Interrupted(exc.signum, f"before the new run finished an epoch; {old_run_back(paths)}") from None
+            if old_back and not is_input_error(exc) and is_main():  # bad input: the one-line error alone (nothing changed)
+                print(old_run_back(paths), file=sys.stderr)
             raise

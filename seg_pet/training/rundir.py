@@ -1,15 +1,15 @@
 """The run folder's rules: when one may be created, replaced or resumed, and how it appears atomically.
 
-    check_run_dir        before anything is built: the paths are the right kind, --resume / --overwrite fit
-    create_run_dir       the run folder appears complete or not at all; returns a `NewRunFolder`
-    NewRunFolder.abandon the new run failed on bad input before its first epoch: it goes, the run it
-                         replaced comes back, and folders made for it go too
-    discard_replaced_runs
-                         the new run has a finished epoch: the run it replaced is deleted
+    check_run_dir          before anything is built: the paths are the right kind, --resume / --overwrite fit
+    create_run_dir         the run folder appears complete or not at all; returns a `NewRunFolder`
+    NewRunFolder.complete  the new run saved its first finished epoch: the run it replaced is deleted
+    NewRunFolder.abandon   the new run failed before that: it goes, the run it replaced comes back, and
+                           folders made for it go too
+    replaced_runs          `.NAME.replaced-*` folders beside a run (left by a process killed mid-replace)
 
-With --overwrite the old run is moved aside (hidden, `.NAME.replaced-*` beside the run folder) and
-kept until the new run has saved a finished epoch, so a data error found only when a file is
-decoded never leaves the user with neither run.
+With --overwrite the old run is moved aside (hidden, `.NAME.replaced-*` beside the run folder) by
+runtime.replace's `Replacement` and kept until the new run has saved a finished epoch; only the
+process that moved it aside deletes it, and nothing else ever does (a resume only says it is there).
 """
 
 from __future__ import annotations
@@ -28,9 +28,8 @@ from seg_pet.runtime.distributed import launch_command
 from seg_pet.runtime.errors import CheckpointError, SegPetError
 from seg_pet.runtime.fileio import share_folder
 from seg_pet.runtime.paths import check_input, check_output
+from seg_pet.runtime.replace import REPLACED_MARK, Replacement
 from seg_pet.runtime.runpaths import RunPaths
-
-REPLACED_MARK = ".replaced-"
 
 
 def resume_command(run_dir: Path) -> str:
@@ -59,14 +58,29 @@ class NewRunFolder:
     """A run folder create_run_dir just made, the run it replaced (moved aside), and the parent folders made for it."""
 
     run_dir: Path
-    replaced: Optional[Path] = None
+    replacement: Optional[Replacement] = None
     made_parents: list[Path] = field(default_factory=list)  # deepest first
+    completed: bool = False
+
+    @property
+    def replaced(self) -> Optional[Path]:
+        """Where the run this one replaces waits (None: there was none, or it is gone or back)."""
+        return self.replacement.aside if self.replacement is not None else None
+
+    def complete(self) -> None:
+        """The new run saved a finished epoch: it is known good, and the run it replaced goes."""
+        self.completed = True
+        if self.replacement is not None:
+            self.replacement.complete()
 
     def abandon(self) -> None:
-        """Take the new run away again: the replaced run (if any) is put back, empty parents made for it are removed."""
-        shutil.rmtree(self.run_dir, ignore_errors=True)
-        if self.replaced is not None and self.replaced.is_dir():
-            os.replace(self.replaced, self.run_dir)
+        """Take the new run away again: the replaced run (if any) is put back, empty parents made for it are removed.
+
+        Raises StorageError (one line saying where the old run is) if it cannot be put back."""
+        if self.replaced is not None:
+            self.replacement.put_back()
+        else:
+            shutil.rmtree(self.run_dir, ignore_errors=True)
         for folder in self.made_parents:
             with contextlib.suppress(OSError):
                 folder.rmdir()  # only when empty
@@ -78,7 +92,7 @@ def create_run_dir(run_dir: Path, write_initial) -> NewRunFolder:
     `write_initial(folder)` fills a hidden staging folder beside `run_dir` (config.yaml, the
     epoch-0 last.pt, ...), which is then renamed into place; an existing run (--overwrite,
     checked by check_run_dir) is moved aside to `.NAME.replaced-*` first, and deleted once the new
-    run has a finished epoch (discard_replaced_runs). A process killed at any instant leaves either
+    run has a finished epoch (`NewRunFolder.complete`). A process killed at any instant leaves either
     no run folder, the old one, or a new one that --resume accepts (and perhaps the old one aside).
     The folder gets the mode a plain mkdir would (0777 minus the umask).
     """
@@ -91,9 +105,7 @@ def create_run_dir(run_dir: Path, write_initial) -> NewRunFolder:
     try:
         share_folder(staging)
         write_initial(staging)
-        if run_dir.exists():
-            made.replaced = Path(tempfile.mkdtemp(dir=parent, prefix=f".{run_dir.name}{REPLACED_MARK}"))
-            os.replace(run_dir, made.replaced)  # onto the empty folder just made
+        made.replacement = Replacement(run_dir, "run folder")
         os.replace(staging, run_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -103,10 +115,9 @@ def create_run_dir(run_dir: Path, write_initial) -> NewRunFolder:
     return made
 
 
-def discard_replaced_runs(run_dir: Path) -> None:
-    """Delete the runs --overwrite moved aside for this run folder (the new run is known good)."""
-    for old in run_dir.parent.glob(f".{run_dir.name}{REPLACED_MARK}*"):
-        shutil.rmtree(old, ignore_errors=True)
+def replaced_runs(run_dir: Path) -> list[Path]:
+    """Runs an `--overwrite` moved aside for this run folder and never put back or deleted (its process was killed)."""
+    return sorted(run_dir.parent.glob(f".{run_dir.name}{REPLACED_MARK}*"))
 
 
 def repair_best_checkpoint(run_dir: Path, last_state: dict[str, Any]) -> bool:

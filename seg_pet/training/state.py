@@ -34,7 +34,7 @@ from seg_pet.training.early_stop import EarlyStop
 from seg_pet.training.optim import build_optimizer, build_scheduler
 from seg_pet.training.parallel import data_parallel, global_batch_norm, unwrapped
 from seg_pet.training.records import EpochRecord, check_history
-from seg_pet.training.rundir import NewRunFolder, create_run_dir, repair_best_checkpoint
+from seg_pet.training.rundir import NewRunFolder, create_run_dir, repair_best_checkpoint, replaced_runs
 
 
 @dataclass
@@ -271,6 +271,18 @@ def write_initial_files(paths: RunPaths, cfg: Config, setup: Setup, state: dict[
     save_checkpoint(paths.last, state)  # resumable from the start
 
 
+def accept_run(cfg: Config, new_folder: Optional[NewRunFolder], resume: bool) -> None:
+    """The run's first epoch in this process is saved (rank 0 writes): a new run is complete, and the run it
+    replaced goes; a resumed run's config.yaml takes the --set changes (not before: a refused run changes nothing)."""
+    if new_folder is not None:
+        new_folder.complete()
+    if resume and is_main():
+        paths = RunPaths(cfg.run_dir)
+        if paths.config.read_text() != dump_config(cfg):  # --set on resume, or the folder was moved
+            with atomic_write(paths.config) as f:
+                f.write(dump_config(cfg))
+
+
 def tidy_resumed_run(state: dict[str, Any], cfg: Config, progress: Progress, log: Callable[[str], None]) -> None:
     """The run folder of a resumed run put in order (rank 0 only: it writes)."""
     paths = RunPaths(cfg.run_dir)
@@ -278,7 +290,6 @@ def tidy_resumed_run(state: dict[str, Any], cfg: Config, progress: Progress, log
     remove_partial_files(paths.root)
     if repair_best_checkpoint(paths.root, state):
         log(f"best.pt rewritten from last.pt (epoch {state['epoch']}): the previous process stopped between the two writes")
-    if paths.config.read_text() != dump_config(cfg):  # --set on resume, or the folder was moved
-        with atomic_write(paths.config) as f:
-            f.write(dump_config(cfg))
+    for old in replaced_runs(paths.root):
+        log(f"note: {old} holds a run an interrupted --overwrite replaced; it is kept (delete it, or move it back by hand)")
     log(f"resuming {paths.root} after epoch {state['epoch']} (best val mIoU {progress.best_miou:.4f} at epoch {progress.best_epoch})")

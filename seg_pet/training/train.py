@@ -21,7 +21,7 @@ from seg_pet.training.epoch import log_test, open_board, prepare_data, run_epoch
 from seg_pet.training.final_test import test_once
 from seg_pet.training.guard import guarded_run
 from seg_pet.training.rundir import check_run_dir, resume_command
-from seg_pet.training.state import Setup, begin_run, build_setup, load_resume_state
+from seg_pet.training.state import Setup, accept_run, begin_run, build_setup, load_resume_state
 from seg_pet.training.tensorboard import require_tensorboard
 
 
@@ -69,11 +69,15 @@ def train(
     )
     with open_board(cfg, progress) as board:  # train.tensorboard: rank 0 writes its events; None otherwise
         with guarded_run(paths, new_folder, progress.rows) as guard:
+            accepted = False
             data = prepare_data(cfg, datasets, setup, runtime, log)
             for epoch in progress.epochs(cfg.optim.epochs):
                 record = run_epoch(setup, data, runtime, cfg, names, epoch, progress.rows, guard)
                 improved = progress.add(record, cfg.train.select)
                 save_epoch(setup, progress, improved, data, runtime, cfg, names, log, board)
+                if not accepted:  # the first epoch this process finished is saved: the run is accepted
+                    accept_run(cfg, new_folder, resume)
+                    accepted = True
                 if on_epoch is not None:
                     on_epoch(record.row())
                 guard.stop_if_asked(epoch, finished=True)  # a signal during validation or saving: this epoch is complete

@@ -227,8 +227,52 @@ def test_sigterm_to_torchrun_leaves_a_resumable_run(base, capsys):
     assert [r["epoch"] for r in rows(run_dir)] == list(range(1, saved + 2))
 
 
+def rank_pid(proc: subprocess.Popen, wanted: int) -> int:
+    """The process id of torchrun's worker with RANK=`wanted` (a child of the torchrun process)."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            env = (entry / "environ").read_bytes().split(b"\0")
+        except (OSError, IndexError, ValueError):
+            continue
+        if parent == proc.pid and f"RANK={wanted}".encode() in env:
+            return int(entry.name)
+    raise AssertionError(f"no rank {wanted} under torchrun {proc.pid}")
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds the worker through /proc")
+def test_a_stopped_process_gives_one_line_on_rank_0(base):
+    """Rank 1 stops answering (SIGSTOP) after epoch 1: rank 0 waits train.dist_timeout (10 s), then says so in one line."""
+    proc = torchrun(base, train_argv(base, "stopped", **{"optim.epochs": 50, "train.dist_timeout": 10}))
+    seen = ""
+    while "epoch   1/50" not in seen:
+        line = proc.stdout.readline()
+        assert line, f"torchrun ended before epoch 1: {proc.stderr.read()}"
+        seen += line
+    victim = rank_pid(proc, 1)
+    os.kill(victim, signal.SIGSTOP)
+    err = []
+    try:
+        for line in proc.stderr:  # until rank 0 gives up on rank 1
+            err.append(line)
+            if "rank 0: " in line:
+                break
+    finally:
+        os.kill(victim, signal.SIGCONT)  # let it go: torchrun's SIGTERM then ends it
+    rest = proc.communicate(timeout=120)[1]
+    text = "".join(err) + rest
+    lines = [line for line in text.splitlines() if line.startswith("rank 0: ")]
+    assert len(lines) == 1 and lines[0].startswith("rank 0: stopped: lost contact with another process of the job ("), text
+    assert not re.search(r'File ".*seg_pet', text), text  # no traceback from seg_pet's processes (torchrun prints its own)
+    exit_codes = dict(re.findall(r"rank\s*:\s*(\d+) \(local_rank.*\n\s*exitcode\s*:\s*(-?\d+)", text))
+    assert exit_codes.get("0") == "1", text
+
+
 def test_a_corrupt_image_on_one_shard_stops_both_processes(base, tmp_path):
-    """Rank 1's first batch holds a truncated image: it fails with one line; rank 0 loses contact and stops too, promptly."""
+    """Rank 1's first batch holds a truncated image: it fails with one line; rank 0 loses contact and stops too, promptly,
+    and puts back the run --overwrite was replacing (it used to stay hidden in .NAME.replaced-*)."""
     root = tmp_path / "syn"
     subprocess.run(["cp", "-r", str(base / "syn"), str(root)], check=True)
     cfg = load_config(None, overrides(tmp_path, "probe", base))
@@ -242,8 +286,11 @@ def test_a_corrupt_image_on_one_shard_stops_both_processes(base, tmp_path):
     data = victim.read_bytes()
     victim.write_bytes(data[: len(data) // 2])  # the header survives: the file checks pass, decoding fails
 
+    old = base / "out" / "corrupt"
+    old.mkdir(parents=True)
+    (old / "config.yaml").write_text("the old run\n")
     started = time.monotonic()
-    argv = train_argv(base, "corrupt", **{"data.root": str(root)})
+    argv = train_argv(base, "corrupt", **{"data.root": str(root)}) + ["--overwrite"]
     code, _, err = finished(torchrun(base, argv), timeout=180)
     elapsed = time.monotonic() - started
     assert code != 0
@@ -253,6 +300,8 @@ def test_a_corrupt_image_on_one_shard_stops_both_processes(base, tmp_path):
     exit_codes = dict(re.findall(r"rank\s*:\s*(\d+) \(local_rank.*\n\s*exitcode\s*:\s*(-?\d+)", err))
     assert exit_codes.get("1") == "2" and exit_codes.get("0") not in (None, "0"), err
     assert elapsed < 150, elapsed
+    assert [p.name for p in old.parent.glob("*corrupt*")] == ["corrupt"], err
+    assert [p.name for p in old.iterdir()] == ["config.yaml"] and (old / "config.yaml").read_text() == "the old run\n", err
 
 
 def test_folder_source_with_declared_classes_under_torchrun(base, tmp_path):

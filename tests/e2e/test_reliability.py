@@ -23,7 +23,7 @@ from seg_pet.cli import main
 from seg_pet.config import load_config
 from seg_pet.runtime.errors import CheckpointError
 from seg_pet.runtime.fileio import atomic_write, remove_partial_files, to_jsonable
-from seg_pet.training.rundir import create_run_dir, discard_replaced_runs, repair_best_checkpoint
+from seg_pet.training.rundir import create_run_dir, repair_best_checkpoint
 from seg_pet.training.train import train
 from tests.conftest import REPO, SMALL_MODEL, set_args, tiny_overrides
 
@@ -224,10 +224,10 @@ def test_create_run_dir_is_all_or_nothing(tmp_path):
     assert (run_dir / "config.yaml").read_text() == "old"
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["r"]
     # The new run saves its first epoch: the old run, kept aside until then, goes.
-    create_run_dir(run_dir, lambda folder: (folder / "config.yaml").write_text("new"))
+    new = create_run_dir(run_dir, lambda folder: (folder / "config.yaml").write_text("new"))
     assert (run_dir / "config.yaml").read_text() == "new"
     assert sorted(p.name[:12] for p in (tmp_path / "out").iterdir()) == [".r.replaced-", "r"]
-    discard_replaced_runs(run_dir)
+    new.complete()
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["r"]
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import errno
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -23,7 +24,7 @@ from PIL import Image
 import seg_pet.checkpoint as checkpoint_module
 from seg_pet.runtime.errors import StorageError
 from seg_pet.runtime.fileio import atomic_path, remove_partial_files, storage_error_of
-from tests.fuzz.conftest import assert_one_line_error, link_copy, run_cli, snapshot
+from tests.fuzz.conftest import assert_one_line_error, link_copy, run_cli, snapshot, train_argv
 
 # --------------------------------------------------------------------------- helpers
 
@@ -368,6 +369,58 @@ def test_study_failure_leaves_no_half_made_folder(tmp_path, monkeypatch):
     code, err = run_cli(["study", "--config", str(tiny_study(tmp_path))])
     assert code is None and "MemoryError" in err  # a crash, not bad input: the traceback stays
     assert not (tmp_path / "studies" / "s").exists()
+
+
+def truncate_images(data_root: Path, target: Path) -> Path:
+    """A copy of the dataset whose images all lose their second half (the headers survive: found when decoded)."""
+    shutil.copytree(data_root, target)
+    for image in (target / "images").glob("*.jpg"):
+        data = image.read_bytes()
+        image.write_bytes(data[: len(data) // 2])
+    return target
+
+
+@pytest.mark.parametrize("failure", ["ctrl_c", "crash"])
+def test_train_overwrite_then_failure_in_epoch_1_puts_the_old_run_back(run_link, clean_data, empty_config, monkeypatch, failure):
+    """The old run used to stay hidden in .NAME.replaced-* (no message) while the new one stayed in its place."""
+    import seg_pet.training.epoch as epoch_module
+
+    before = snapshot(run_link.parent)
+    real = epoch_module.train_epoch
+
+    def failing(*args, **kwargs):
+        if failure == "ctrl_c":
+            os.kill(os.getpid(), signal.SIGINT)  # DeferredStop records it; the run stops after this step
+            return real(*args, **kwargs)
+        raise MemoryError("no room for the activations")
+
+    monkeypatch.setattr(epoch_module, "train_epoch", failing)
+    code, err = run_cli(train_argv(empty_config, run_link.parent, run_link.name, clean_data, "--overwrite"))
+    if failure == "ctrl_c":
+        assert code == 130 and "Traceback" not in err, err
+        assert f"the old run is back in {run_link}" in err
+    else:
+        assert code is None and "MemoryError" in err  # a crash, not bad input: the traceback stays
+    assert snapshot(run_link.parent) == before
+
+
+def test_train_resume_never_deletes_a_replaced_run_it_did_not_make(run_link):
+    """A .NAME.replaced-* beside the run (left by a killed --overwrite) used to be deleted by the next resume's first epoch."""
+    aside = run_link.parent / f".{run_link.name}.replaced-x"
+    aside.mkdir()
+    (aside / "config.yaml").write_text("old run")
+    code, err = run_cli(["train", "--resume", str(run_link)])
+    assert code == 0, err
+    assert (aside / "config.yaml").read_text() == "old run"
+
+
+def test_train_resume_refused_on_bad_data_keeps_config_yaml(run_link, clean_data, tmp_path):
+    """--set data.root=... used to be written to config.yaml before the first decode error refused the run."""
+    bad = truncate_images(clean_data / "oxford-iiit-pet", tmp_path / "bad" / "oxford-iiit-pet").parent
+    config = (run_link / "config.yaml").read_bytes()
+    message = assert_one_line_error(*run_cli(["train", "--resume", str(run_link), "--set", f"data.root={bad}"]))
+    assert "cannot read image" in message and "truncated" in message
+    assert (run_link / "config.yaml").read_bytes() == config
 
 
 # --------------------------------------------------------------------------- 4. commands that are not data-parallel
