@@ -30,9 +30,10 @@ from tests.conftest import REPO, SMALL_MODEL, set_args, tiny_overrides
 EPOCHS = 4
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def data_root(tmp_path_factory) -> Path:
-    """One synthetic dataset for the module (data.source: synthetic reuses it when the arguments match)."""
+    """One synthetic dataset per test process (data.source: synthetic reuses it when the arguments match).
+    Session scope, not module: these tests share no trained run, so xdist may spread them over both workers."""
     return tmp_path_factory.mktemp("syn")
 
 

@@ -98,7 +98,8 @@ def test_verification_failure_exits_1_and_writes_nothing(run_dir, tmp_path, monk
     monkeypatch.setattr(ort.InferenceSession, "run", lambda self, *a, **k: [real_run(self, *a, **k)[0] + 1.0])
     out = tmp_path / "model.onnx"
     capsys.readouterr()
-    assert export("--run", run_dir, "--out", out) == 1
+    # --opset 17: the quicker TorchScript exporter; verification is the same whichever exporter wrote the file
+    assert export("--run", run_dir, "--out", out, "--opset", "17") == 1
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "does not match torch" in err and "tolerance" in err
     assert list(tmp_path.iterdir()) == []

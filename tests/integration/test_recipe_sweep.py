@@ -1,5 +1,6 @@
-"""scripts/recipe_sweep.py at a tiny size: seg_pet and the baseline trained per seed, an evaluation-only
-variant scored from a trained one, the summary written, and finished runs reused on a second call."""
+"""scripts/recipe_sweep.py at a tiny size: seg_pet, the baseline and a config-file variant trained per seed,
+an evaluation-only variant scored from a trained one, the summary written, and finished runs reused on a
+second call. One sweep covers all of it: each trained (variant, seed) is a process that reads the slice."""
 
 from __future__ import annotations
 
@@ -18,14 +19,28 @@ def sweep(out, *variants: str) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, capture_output=True, text=True, cwd=out.parent, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=600)
 
 
+def tuned_config(folder) -> str:
+    """e.g. tune's best.yaml: trained as it is, at the sweep's size, epochs and seeds."""
+    tuned = folder / "best.yaml"
+    tuned.write_text(
+        (REPO / "configs" / "pet_slice_cpu.yaml")
+        .read_text()
+        .replace("name: ce_dice", "name: focal")
+        .replace("warmup_epochs: 1 ", "warmup_epochs: 0 ")
+    )
+    return str(tuned)
+
+
 @requires_pet
 def test_sweep_trains_scores_summarises_and_reuses_runs(tmp_path) -> None:
     out = tmp_path / "sweep"
-    done = sweep(out, "baseline", "before", "tta_hflip")
+    tuned = tuned_config(tmp_path)
+    variants = ("baseline", "before", "tta_hflip", "tuned")
+    done = sweep(out, "baseline", "before", "tta_hflip", "--config-variant", f"tuned={tuned}")
     assert done.returncode == 0, done.stderr[-2000:]
     with (out / "results.csv").open() as f:
         rows = list(csv.DictReader(f))
-    assert sorted((r["variant"], r["seed"]) for r in rows) == [(v, s) for v in ("baseline", "before", "tta_hflip") for s in ("0", "1")]
+    assert sorted((r["variant"], r["seed"]) for r in rows) == sorted((v, s) for v in variants for s in ("0", "1"))
     for seed in (0, 1):
         trained = json.loads((out / "before" / f"seed{seed}" / "test_metrics.json").read_text())
         scored = json.loads((out / "tta_hflip" / f"seed{seed}" / "test_metrics.json").read_text())
@@ -34,13 +49,17 @@ def test_sweep_trains_scores_summarises_and_reuses_runs(tmp_path) -> None:
         # the extra look at the test split is on record in the trained run
         looks = (out / "before" / f"seed{seed}" / "test_evaluations.jsonl").read_text().splitlines()
         assert len(looks) == 2
+        config = (out / "tuned" / f"seed{seed}" / "config.yaml").read_text()  # the file as it is, at the sweep's size
+        assert "name: focal" in config and "image_size: 32" in config
     summary = (out / "summary.md").read_text()
     for variant in ("baseline", "before", "tta_hflip"):
         assert f"| {variant} |" in summary
+    assert f"| tuned | `{tuned}` |" in summary
     assert (out / "summary.png").stat().st_size > 0
 
     stamps = {p: p.stat().st_mtime_ns for p in out.glob("*/seed*/test_metrics.json")}
-    again = sweep(out, "baseline", "before", "tta_hflip")
+    assert len(stamps) == 8
+    again = sweep(out, "baseline", "before", "tta_hflip", "--config-variant", f"tuned={tuned}")
     assert again.returncode == 0, again.stderr[-2000:]
     assert {p: p.stat().st_mtime_ns for p in out.glob("*/seed*/test_metrics.json")} == stamps  # nothing trained twice
 
@@ -52,22 +71,7 @@ def test_an_evaluation_variant_needs_its_trained_variant(tmp_path) -> None:
 
 
 @requires_pet
-def test_a_config_file_is_a_variant(tmp_path) -> None:
-    tuned = tmp_path / "best.yaml"  # e.g. tune's best.yaml: trained as it is, at the sweep's size, epochs and seeds
-    tuned.write_text(
-        (REPO / "configs" / "pet_slice_cpu.yaml")
-        .read_text()
-        .replace("name: ce_dice", "name: focal")
-        .replace("warmup_epochs: 1 ", "warmup_epochs: 0 ")
-    )
-    out = tmp_path / "sweep"
-    done = sweep(out, "before", "--config-variant", f"tuned={tuned}")
-    assert done.returncode == 0, done.stderr[-2000:]
-    with (out / "results.csv").open() as f:
-        assert sorted((r["variant"], r["seed"]) for r in csv.DictReader(f)) == [(v, s) for v in ("before", "tuned") for s in ("0", "1")]
-    for seed in (0, 1):
-        config = (out / "tuned" / f"seed{seed}" / "config.yaml").read_text()
-        assert "name: focal" in config and "image_size: 32" in config
-    assert f"| tuned | `{tuned}` |" in (out / "summary.md").read_text()
-    bad = sweep(tmp_path / "bad", "before", "--config-variant", "before=x.yaml")
+def test_a_config_variant_needs_a_new_name(tmp_path) -> None:
+    bad = sweep(tmp_path / "bad", "before", "--config-variant", f"before={tuned_config(tmp_path)}")
     assert bad.returncode == 2 and "new variant name" in bad.stderr
+    assert not (tmp_path / "bad" / "before").exists()  # refused before anything trained
