@@ -5,6 +5,7 @@ Models return logits (N, C, H, W). Softmax belongs to losses and metrics, never 
 
 from __future__ import annotations
 
+import inspect
 import warnings
 from pathlib import Path
 
@@ -17,6 +18,8 @@ from seg_pet.config import ModelConfig, suggest
 from seg_pet.runtime.errors import CheckpointError, ConfigError
 from seg_pet.runtime.paths import check_input
 
+# Architectures whose output keeps the input's size with model.encoder_depth 3 or 4 (checked in tests).
+SHALLOW_ARCHS = ("unet", "unetplusplus", "manet", "linknet", "deeplabv3", "deeplabv3plus", "upernet")
 WEIGHT_NAMES = ("imagenet",)  # smp also knows others for some encoders; a path means a local file
 
 
@@ -34,6 +37,7 @@ def build_model(cfg: ModelConfig, num_classes: int) -> nn.Module:
                 encoder_name=cfg.encoder,
                 encoder_weights=None if local_file else weights,
                 classes=num_classes,
+                **_depth_options(cfg.arch, cfg.encoder_depth),
             )
     except (KeyError, ValueError, AssertionError) as exc:  # an encoder the architecture cannot use
         first = str(exc.args[0] if isinstance(exc, KeyError) and exc.args else exc).splitlines()
@@ -50,6 +54,23 @@ def build_model(cfg: ModelConfig, num_classes: int) -> nn.Module:
     if local_file:
         load_encoder_weights(model, Path(weights))
     return model
+
+
+def _depth_options(arch: str, depth: int) -> dict:
+    """`encoder_depth`, and for decoders with one width per stage (U-Net family) the shallowest `depth` widths."""
+    if depth == 5:
+        return {}  # smp's defaults, unchanged
+    if arch not in SHALLOW_ARCHS:
+        raise ConfigError(
+            f"model.encoder_depth: {depth} works with {', '.join(SHALLOW_ARCHS)} only "
+            f"(smp's {arch} then gives outputs of another size or fails); use 5 with {arch}"
+        )
+    options: dict = {"encoder_depth": depth}
+    builder = smp.MODEL_ARCHITECTURES_MAPPING.get(arch)
+    channels = inspect.signature(builder).parameters.get("decoder_channels") if builder else None
+    if channels is not None and isinstance(channels.default, (tuple, list)) and len(channels.default) == 5:
+        options["decoder_channels"] = tuple(channels.default[-depth:])
+    return options
 
 
 def check_encoder(encoder: str, weights: str | None) -> None:

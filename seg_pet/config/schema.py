@@ -139,6 +139,12 @@ class ModelConfig:
     arch: str = option("unet", "segmentation_models_pytorch architecture", choices=ARCHITECTURES)
     encoder: str = option("resnet34", "any segmentation_models_pytorch encoder name")
     encoder_weights: Optional[str] = option("imagenet", "`imagenet`, `null` (random init) or a path to a local weights file")
+    encoder_depth: int = option(
+        5,
+        "encoder stages the decoder uses (3-5); fewer is faster and sees less context (a U-Net keeps its shallowest decoder widths)",
+        ge=3,
+        le=5,
+    )
 
 
 # --------------------------------------------------------------------------- loss options, one dataclass per loss

@@ -55,3 +55,26 @@ def test_failed_download_suggests_null_or_a_local_file(monkeypatch):
 def test_unknown_encoder_is_a_config_error():
     with pytest.raises(ConfigError, match="model"):
         build_model(ModelConfig(encoder="resnet9000", encoder_weights=None), num_classes=3)
+
+
+@pytest.mark.parametrize("arch", ["unet", "unetplusplus", "manet", "linknet", "deeplabv3", "deeplabv3plus", "upernet"])
+@pytest.mark.parametrize("depth", [3, 4])
+def test_a_shallower_encoder_keeps_the_output_size_and_uses_fewer_stages(arch, depth):
+    cfg = ModelConfig(arch=arch, encoder="resnet18", encoder_weights=None, encoder_depth=depth)
+    model = build_model(cfg, num_classes=3).eval()
+    with torch.no_grad():
+        out = model(torch.randn(2, 3, 48, 48))
+    assert out.shape == (2, 3, 48, 48)
+    assert model.encoder._depth == depth
+
+
+def test_a_shallower_unet_keeps_its_shallowest_decoder_widths():
+    model = build_model(ModelConfig(encoder="resnet18", encoder_weights=None, encoder_depth=4), num_classes=3)
+    widths = [block.conv2[0].out_channels for block in model.decoder.blocks]
+    assert widths == [128, 64, 32, 16]
+
+
+@pytest.mark.parametrize("arch", ["fpn", "pspnet", "pan"])
+def test_a_shallower_encoder_is_refused_where_smp_would_change_the_output_size(arch):
+    with pytest.raises(ConfigError, match=rf"model\.encoder_depth: 4 works with unet.*use 5 with {arch}"):
+        build_model(ModelConfig(arch=arch, encoder="resnet18", encoder_weights=None, encoder_depth=4), num_classes=3)
