@@ -103,7 +103,7 @@ def seg_pet_command(args: argparse.Namespace, variant: str, seed: int, out: Path
         "run.seed": seed,
         "data.root": args.data_root,
         "data.image_size": args.image_size,
-        "optim.epochs": args.epochs,
+        "optim.epochs": args.variant_epochs.get(variant, args.epochs),
         "train.overlays": 0,  # drawing is not part of the comparison
         "data.cache": "memory",  # decoded once; training is bit-identical to reading the files (docs/performance.md)
         **({"train.max_steps_per_epoch": args.max_steps} if args.max_steps else {}),
@@ -225,6 +225,8 @@ def markdown(summary: list[dict], args: argparse.Namespace) -> str:
     ]
     for e in summary:
         what = "scripts/baseline.py" if e["variant"] == "baseline" else ALL.get(e["variant"]) or f"`{args.config_variants[e['variant']]}`"
+        if e["variant"] in args.variant_epochs:
+            what += f", {args.variant_epochs[e['variant']]} epochs"
         delta = "" if e["variant"] == "baseline" else f"{e['vs_baseline']:+.3f}"
         wall = "n/a" if math.isnan(e["wall_s"][0]) else f"{e['wall_s'][0]:.0f}"
         lines.append(
@@ -271,6 +273,13 @@ def main() -> None:
         metavar="NAME=FILE",
         help="also train this config file as variant NAME (e.g. tuned=outputs/tune_slice/best.yaml); repeatable",
     )
+    p.add_argument(
+        "--variant-epochs",
+        action="append",
+        default=[],
+        metavar="NAME=N",
+        help="train variant NAME for N epochs instead of --epochs (a faster model, more epochs in the same wall time)",
+    )
     args = p.parse_args()
     args.config_variants = {}
     for item in args.config_variant:
@@ -281,6 +290,12 @@ def main() -> None:
             p.error(f"--config-variant {name}: no such file {file}")
         args.config_variants[name] = Path(file).resolve()
         args.variants.append(name)
+    epochs_items, args.variant_epochs = args.variant_epochs, {}
+    for item in epochs_items:
+        name, sep, number = item.partition("=")
+        if not sep or name not in args.variants or name == "baseline" or not number.isdigit() or int(number) < 1:
+            p.error(f"--variant-epochs {item!r}: expected NAME=N for a seg_pet variant being trained, N >= 1")
+        args.variant_epochs[name] = int(number)
     if len(args.seeds) < 2:
         p.error("--seeds: give at least two seeds, the spread is part of the result")
     args.out.mkdir(parents=True, exist_ok=True)

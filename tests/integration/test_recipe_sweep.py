@@ -36,7 +36,7 @@ def test_sweep_trains_scores_summarises_and_reuses_runs(tmp_path) -> None:
     out = tmp_path / "sweep"
     tuned = tuned_config(tmp_path)
     variants = ("baseline", "before", "tta_hflip", "tuned")
-    done = sweep(out, "baseline", "before", "tta_hflip", "--config-variant", f"tuned={tuned}")
+    done = sweep(out, "baseline", "before", "tta_hflip", "--config-variant", f"tuned={tuned}", "--variant-epochs", "tuned=2")
     assert done.returncode == 0, done.stderr[-2000:]
     with (out / "results.csv").open() as f:
         rows = list(csv.DictReader(f))
@@ -51,15 +51,17 @@ def test_sweep_trains_scores_summarises_and_reuses_runs(tmp_path) -> None:
         assert len(looks) == 2
         config = (out / "tuned" / f"seed{seed}" / "config.yaml").read_text()  # the file as it is, at the sweep's size
         assert "name: focal" in config and "image_size: 32" in config
+        assert "epochs: 2" in config  # its own epoch count (--variant-epochs), the others the sweep's
+        assert "epochs: 1" in (out / "before" / f"seed{seed}" / "config.yaml").read_text()
     summary = (out / "summary.md").read_text()
     for variant in ("baseline", "before", "tta_hflip"):
         assert f"| {variant} |" in summary
-    assert f"| tuned | `{tuned}` |" in summary
+    assert f"| tuned | `{tuned}`, 2 epochs |" in summary
     assert (out / "summary.png").stat().st_size > 0
 
     stamps = {p: p.stat().st_mtime_ns for p in out.glob("*/seed*/test_metrics.json")}
     assert len(stamps) == 8
-    again = sweep(out, "baseline", "before", "tta_hflip", "--config-variant", f"tuned={tuned}")
+    again = sweep(out, "baseline", "before", "tta_hflip", "--config-variant", f"tuned={tuned}", "--variant-epochs", "tuned=2")
     assert again.returncode == 0, again.stderr[-2000:]
     assert {p: p.stat().st_mtime_ns for p in out.glob("*/seed*/test_metrics.json")} == stamps  # nothing trained twice
 
@@ -75,3 +77,11 @@ def test_a_config_variant_needs_a_new_name(tmp_path) -> None:
     bad = sweep(tmp_path / "bad", "before", "--config-variant", f"before={tuned_config(tmp_path)}")
     assert bad.returncode == 2 and "new variant name" in bad.stderr
     assert not (tmp_path / "bad" / "before").exists()  # refused before anything trained
+
+
+@requires_pet
+def test_variant_epochs_name_a_trained_seg_pet_variant(tmp_path) -> None:
+    for item in ("baseline=30", "nosuch=30", "before=0", "before"):
+        bad = sweep(tmp_path / "bad", "baseline", "before", "--variant-epochs", item)
+        assert bad.returncode == 2 and f"--variant-epochs {item!r}" in bad.stderr
+    assert not (tmp_path / "bad" / "before").exists()
