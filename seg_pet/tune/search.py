@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import multiprocessing
 import os
 import socket
 import statistics
@@ -238,9 +239,18 @@ def stop_with_parent(parent_pid: int) -> None:
         os._exit(137)
 
 
+def start_loader_workers_as_train() -> str:
+    """This process was spawned, so its DataLoader workers would be spawned too: a fresh interpreter
+    that imports torch and unpickles the image cache every epoch. Back to the platform's default
+    (fork on Linux), as under `train`; returns the start method now in force."""
+    multiprocessing.set_start_method(None, force=True)
+    return multiprocessing.get_start_method()
+
+
 def work(job: dict[str, Any]) -> None:
     """One worker process: its share of the trials, output to its log file. Exit 0, 130/143 stopped, 1 crashed."""
     stop_with_parent(job["parent_pid"])
+    start_loader_workers_as_train()
     log = open(job["log"], "a", buffering=1)  # noqa: SIM115 - the process's stdout and stderr until it exits
     os.dup2(log.fileno(), 1)
     os.dup2(log.fileno(), 2)

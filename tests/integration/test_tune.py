@@ -5,6 +5,7 @@ never touch the test split, and each bad input is one line, exit 2, before any t
 from __future__ import annotations
 
 import csv
+import multiprocessing
 import os
 import signal
 import subprocess
@@ -225,3 +226,22 @@ def test_without_optuna_the_install_command_is_one_line(tmp_path, capsys, monkey
     space = write_space(tmp_path / "space.yaml")
     assert 'pip install -e ".[tune]"' in one_line_error(capsys, tune_args(tmp_path, space, 1))
     assert not (tmp_path / "study").exists()
+
+
+def _start_method_in_a_tune_worker(queue) -> None:
+    from seg_pet.tune.search import start_loader_workers_as_train
+
+    queue.put((multiprocessing.get_start_method(), start_loader_workers_as_train()))
+
+
+def test_a_tune_worker_starts_loader_workers_as_train_does() -> None:
+    """tune's workers are spawned; their DataLoader workers must not be (a fresh interpreter and the
+    whole image cache pickled again every epoch made trials slower than the same `train`)."""
+    ctx = multiprocessing.get_context("spawn")
+    queue = ctx.Queue()
+    process = ctx.Process(target=_start_method_in_a_tune_worker, args=(queue,))
+    process.start()
+    inherited, now = queue.get(timeout=120)
+    process.join()
+    assert inherited == "spawn"
+    assert now == multiprocessing.get_start_method() != "spawn"
