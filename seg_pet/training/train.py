@@ -63,30 +63,21 @@ def train(
         log(f"dry run: config, paths, run folder, data files, batch plan and model checked; nothing written ({paths.root})")
         return {}
     progress, new_folder = begin_run(setup, resume_state, cfg, names, log)
-    log(
-        f"run {paths.root}: {len(datasets['train'])} train / {len(datasets['val'])} val images, classes {names}, {runtime.describe()}"
-        + processes_note(setup, cfg)
-    )
+    log(describe(paths, datasets, names, setup, runtime, cfg))
     with open_board(cfg, progress) as board:  # train.tensorboard: rank 0 writes its events; None otherwise
         with guarded_run(paths, new_folder, progress.rows) as guard:
-            accepted = False
             data = prepare_data(cfg, datasets, setup, runtime, log)
             for epoch in progress.epochs(cfg.optim.epochs):
                 record = run_epoch(setup, data, runtime, cfg, names, epoch, progress.rows, guard)
                 improved = progress.add(record, cfg.train.select)
                 save_epoch(setup, progress, improved, data, runtime, cfg, names, log, board)
-                if not accepted:  # the first epoch this process finished is saved: the run is accepted
-                    accept_run(cfg, new_folder, resume)
-                    accepted = True
+                accept_run(cfg, new_folder, resume)  # an epoch is saved: the run is accepted (later calls change nothing)
                 if on_epoch is not None:
                     on_epoch(record.row())
                 guard.stop_if_asked(epoch, finished=True)  # a signal during validation or saving: this epoch is complete
                 if progress.stopped_early(log):  # train.early_stop: every process stops here together
                     break
-                if stop_after_epoch is not None and stop_after_epoch <= epoch < cfg.optim.epochs:
-                    log(
-                        f"stopped after epoch {epoch} as asked (--stop-after-epoch {stop_after_epoch}); continue with: {resume_command(paths.root)}"
-                    )
+                if stopped_as_asked(stop_after_epoch, epoch, cfg, paths, log):
                     return {}
         if test_set is None:
             return {}
@@ -99,11 +90,20 @@ def quiet(message: str) -> None:
     """The log of processes other than rank 0: they print nothing."""
 
 
-def processes_note(setup: Setup, cfg: Config) -> str:
-    """Under torchrun, the batch per process and the global batch; nothing for one process."""
+def stopped_as_asked(stop_after_epoch: Optional[int], epoch: int, cfg: Config, paths: RunPaths, log: Callable[[str], None]) -> bool:
+    """--stop-after-epoch reached before the last epoch: say how to continue."""
+    if stop_after_epoch is None or not stop_after_epoch <= epoch < cfg.optim.epochs:
+        return False
+    log(f"stopped after epoch {epoch} as asked (--stop-after-epoch {stop_after_epoch}); continue with: {resume_command(paths.root)}")
+    return True
+
+
+def describe(paths: RunPaths, datasets: dict, names: list[str], setup: Setup, runtime: Runtime, cfg: Config) -> str:
+    """The run's first line: folder, images, classes, device, and under torchrun the batch per process and the global batch."""
+    line = f"run {paths.root}: {len(datasets['train'])} train / {len(datasets['val'])} val images, classes {names}, {runtime.describe()}"
     if world_size() == 1:
-        return ""
-    return (
+        return line
+    return line + (
         f"; {world_size()} processes x batch {setup.batch_size} = global batch {world_size() * setup.batch_size} "
         f"(optim.lr {cfg.optim.lr:g} as given, not scaled), sync_bn {cfg.train.sync_bn}"
     )
