@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,18 @@ requires_pet = pytest.mark.skipif(
     not (PET_DIR / "annotations" / "trainval.txt").is_file(),
     reason=f"real Oxford-IIIT Pet slice not found at {PET_DIR} (CI always has it; see README, Tests)",
 )
+
+
+@pytest.fixture(scope="module")
+def module_tmp(request, tmp_path_factory):
+    """A folder for one module's shared runs, deleted when the module ends if none of its tests failed
+    (tmp_path_retention_policy = "failed" in pyproject.toml does this for tmp_path): the suite writes
+    about 15 GB of checkpoints in all, more than a CI machine's free disk."""
+    path = tmp_path_factory.mktemp(request.module.__name__.rsplit(".", 1)[-1])
+    failed = request.session.testsfailed
+    yield path
+    if request.session.testsfailed == failed:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.hookimpl(tryfirst=True)

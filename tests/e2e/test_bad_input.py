@@ -204,9 +204,9 @@ def test_trimap_values_outside_1_to_3(tmp_path, capsys, dataset, workers):
 
 
 @pytest.fixture(scope="module")
-def trained_run(tmp_path_factory) -> Path:
+def trained_run(module_tmp) -> Path:
     """One finished 1-epoch run on synthetic data (read-only for the tests below: they copy it)."""
-    out = tmp_path_factory.mktemp("runs")
+    out = module_tmp
     argv = [
         "train",
         "--config",

@@ -60,9 +60,9 @@ if _folder and "RANK" in os.environ:
 
 
 @pytest.fixture(scope="module")
-def base(tmp_path_factory) -> Path:
+def base(module_tmp) -> Path:
     """A folder with the synthetic dataset (made here, once, so that the processes only read it) and the audit hook."""
-    folder = tmp_path_factory.mktemp("ddp")
+    folder = module_tmp
     (folder / "hook").mkdir()
     (folder / "hook" / "sitecustomize.py").write_text(AUDIT)
     (folder / "empty.yaml").write_text("")
@@ -242,6 +242,18 @@ def rank_pid(proc: subprocess.Popen, wanted: int) -> int:
     raise AssertionError(f"no rank {wanted} under torchrun {proc.pid}")
 
 
+def wait_until_ended(pid: int, timeout: float) -> None:
+    """Wait until process `pid` has exited (gone, or a zombie its parent has not yet reaped)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+                return
+        except (OSError, IndexError):
+            return
+        time.sleep(0.1)
+
+
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds the worker through /proc")
 def test_a_stopped_process_gives_one_line_on_rank_0(base):
     """Rank 1 stops answering (SIGSTOP) after epoch 1: rank 0 waits train.dist_timeout (10 s), then says so in one line."""
@@ -251,7 +263,7 @@ def test_a_stopped_process_gives_one_line_on_rank_0(base):
         line = proc.stdout.readline()
         assert line, f"torchrun ended before epoch 1: {proc.stderr.read()}"
         seen += line
-    victim = rank_pid(proc, 1)
+    survivor, victim = rank_pid(proc, 0), rank_pid(proc, 1)
     os.kill(victim, signal.SIGSTOP)
     err = []
     try:
@@ -259,6 +271,9 @@ def test_a_stopped_process_gives_one_line_on_rank_0(base):
             err.append(line)
             if "rank 0: " in line:
                 break
+        # Rank 1 stays stopped until rank 0 has exited: resumed earlier, it can fail first and torchrun
+        # then ends rank 0 with SIGTERM before rank 0's own exit code is seen.
+        wait_until_ended(survivor, timeout=60)
     finally:
         os.kill(victim, signal.SIGCONT)  # let it go: torchrun's SIGTERM then ends it
     rest = proc.communicate(timeout=120)[1]

@@ -18,8 +18,8 @@ pytestmark = [requires_pet, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    out = tmp_path_factory.mktemp("runs")
+def run_dir(module_tmp):
+    out = module_tmp
     code = main(["train", "--config", SMOKE, *set_args(tiny_overrides(out, "e2e"))])
     assert code == 0
     return out / "e2e"

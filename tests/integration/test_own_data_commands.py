@@ -51,8 +51,8 @@ def own_sets(root: Path, runs: Path) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def own(tmp_path_factory) -> dict[str, Path]:
-    base = tmp_path_factory.mktemp("own_data")
+def own(module_tmp) -> dict[str, Path]:
+    base = module_tmp
     root = make_folder(base / "data", "folders", n=N, color=True, count=8)
     config = base / "config.yaml"
     config.write_text("run:\n  name: own\n")

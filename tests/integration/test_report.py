@@ -24,10 +24,10 @@ def finished(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def variants(finished, tmp_path_factory) -> dict[str, Path]:
+def variants(finished, module_tmp) -> dict[str, Path]:
     """Copies of the finished run: one with another optim.lr, one stopped after epoch 1 (no test yet)
     whose rows predate boundary IoU."""
-    base = tmp_path_factory.mktemp("variants")
+    base = module_tmp
     other = base / "other_lr"
     shutil.copytree(finished, other)
     config = (other / "config.yaml").read_text()
