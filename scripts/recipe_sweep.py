@@ -50,6 +50,7 @@ BEFORE = {
     "loss.label_smoothing": None,  # null: the loss's own default (no smoothing)
     "loss.dice_weight": None,
     "model.encoder_depth": 5,
+    "model.decoder_channels": None,
     "optim.lr": 0.002,
     "optim.weight_decay": 0.0001,
     "optim.warmup_epochs": 0,
@@ -85,6 +86,16 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "hand_tuned_d4": (
         "`hand_tuned` with 4 encoder stages (faster per epoch: give it more epochs with --variant-epochs)",
         {"loss.name": "ce_dice", "data.crop_scale": [0.8, 1.0], "optim.warmup_epochs": 1, "model.encoder_depth": 4},
+    ),
+    "hand_tuned_d4_narrow": (
+        "`hand_tuned_d4` with half-width decoder stages, 64-32-16-8 (faster again: more epochs)",
+        {
+            "loss.name": "ce_dice",
+            "data.crop_scale": [0.8, 1.0],
+            "optim.warmup_epochs": 1,
+            "model.encoder_depth": 4,
+            "model.decoder_channels": [64, 32, 16, 8],
+        },
     ),
     "shipped": ("configs/pet_slice_cpu.yaml as shipped", None),
 }

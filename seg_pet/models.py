@@ -37,7 +37,7 @@ def build_model(cfg: ModelConfig, num_classes: int) -> nn.Module:
                 encoder_name=cfg.encoder,
                 encoder_weights=None if local_file else weights,
                 classes=num_classes,
-                **_depth_options(cfg.arch, cfg.encoder_depth),
+                **_decoder_options(cfg.arch, cfg.encoder_depth, cfg.decoder_channels),
             )
     except (KeyError, ValueError, AssertionError) as exc:  # an encoder the architecture cannot use
         first = str(exc.args[0] if isinstance(exc, KeyError) and exc.args else exc).splitlines()
@@ -56,21 +56,40 @@ def build_model(cfg: ModelConfig, num_classes: int) -> nn.Module:
     return model
 
 
-def _depth_options(arch: str, depth: int) -> dict:
-    """`encoder_depth`, and for decoders with one width per stage (U-Net family) the shallowest `depth` widths."""
-    if depth == 5:
-        return {}  # smp's defaults, unchanged
-    if arch not in SHALLOW_ARCHS:
-        raise ConfigError(
-            f"model.encoder_depth: {depth} works with {', '.join(SHALLOW_ARCHS)} only "
-            f"(smp's {arch} then gives outputs of another size or fails); use 5 with {arch}"
-        )
-    options: dict = {"encoder_depth": depth}
+def _decoder_options(arch: str, depth: int, widths: list[int] | None) -> dict:
+    """`encoder_depth` and, for decoders with one width per stage (U-Net family), the widths: `model.decoder_channels`
+    as given, or at a shallower depth the shallowest `depth` of smp's defaults."""
+    per_stage = _per_stage_widths(arch)
+    if widths is not None:
+        if per_stage is None:
+            raise ConfigError(f"model.decoder_channels: {arch} has no per-stage decoder widths; set it to null")
+        if len(widths) != depth:
+            raise ConfigError(
+                f"model.decoder_channels: {len(widths)} widths for model.encoder_depth {depth}; give one per stage, "
+                f"deepest first, e.g. {list(per_stage[-depth:])}"
+            )
+    options: dict = {}
+    if depth != 5:
+        if arch not in SHALLOW_ARCHS:
+            raise ConfigError(
+                f"model.encoder_depth: {depth} works with {', '.join(SHALLOW_ARCHS)} only "
+                f"(smp's {arch} then gives outputs of another size or fails); use 5 with {arch}"
+            )
+        options["encoder_depth"] = depth
+        if per_stage is not None:
+            options["decoder_channels"] = per_stage[-depth:]
+    if widths is not None:
+        options["decoder_channels"] = tuple(widths)
+    return options
+
+
+def _per_stage_widths(arch: str) -> tuple[int, ...] | None:
+    """smp's default decoder widths when the architecture has one per encoder stage (5 of them), else None."""
     builder = smp.MODEL_ARCHITECTURES_MAPPING.get(arch)
     channels = inspect.signature(builder).parameters.get("decoder_channels") if builder else None
     if channels is not None and isinstance(channels.default, (tuple, list)) and len(channels.default) == 5:
-        options["decoder_channels"] = tuple(channels.default[-depth:])
-    return options
+        return tuple(channels.default)
+    return None
 
 
 def check_encoder(encoder: str, weights: str | None) -> None:

@@ -145,6 +145,13 @@ class ModelConfig:
         ge=3,
         le=5,
     )
+    decoder_channels: Optional[list[int]] = option(
+        None,
+        "U-Net family: one decoder width per encoder stage, deepest first (`null`: smp's 256-128-64-32-16, "
+        "the shallowest `encoder_depth` of them); narrower is faster",
+        ge=1,
+        le=4096,
+    )
 
 
 # --------------------------------------------------------------------------- loss options, one dataclass per loss

@@ -78,3 +78,24 @@ def test_a_shallower_unet_keeps_its_shallowest_decoder_widths():
 def test_a_shallower_encoder_is_refused_where_smp_would_change_the_output_size(arch):
     with pytest.raises(ConfigError, match=rf"model\.encoder_depth: 4 works with unet.*use 5 with {arch}"):
         build_model(ModelConfig(arch=arch, encoder="resnet18", encoder_weights=None, encoder_depth=4), num_classes=3)
+
+
+def test_decoder_channels_set_the_unet_decoder_widths():
+    cfg = ModelConfig(encoder="resnet18", encoder_weights=None, encoder_depth=4, decoder_channels=[64, 32, 16, 8])
+    model = build_model(cfg, num_classes=3).eval()
+    assert [block.conv2[0].out_channels for block in model.decoder.blocks] == [64, 32, 16, 8]
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, 48, 48)).shape == (1, 3, 48, 48)
+
+
+def test_decoder_channels_need_one_width_per_encoder_stage():
+    cfg = ModelConfig(encoder="resnet18", encoder_weights=None, encoder_depth=4, decoder_channels=[64, 32, 16, 8, 4])
+    with pytest.raises(ConfigError, match=r"model\.decoder_channels: 5 widths for model\.encoder_depth 4.*\[128, 64, 32, 16\]"):
+        build_model(cfg, num_classes=3)
+
+
+@pytest.mark.parametrize("arch", ["linknet", "fpn", "deeplabv3"])
+def test_decoder_channels_are_refused_for_decoders_without_per_stage_widths(arch):
+    cfg = ModelConfig(arch=arch, encoder="resnet18", encoder_weights=None, decoder_channels=[64, 32, 16, 8, 4])
+    with pytest.raises(ConfigError, match=rf"model\.decoder_channels: {arch} has no per-stage decoder widths"):
+        build_model(cfg, num_classes=3)
