@@ -97,6 +97,21 @@ VARIANTS: dict[str, tuple[str, dict]] = {
             "model.decoder_channels": [64, 32, 16, 8],
         },
     ),
+    "hand_tuned_d4_rot": (
+        "`hand_tuned_d4` with random rotations up to 15 degrees",
+        {"loss.name": "ce_dice", "data.crop_scale": [0.8, 1.0], "optim.warmup_epochs": 1, "model.encoder_depth": 4, "data.rotation": 15},
+    ),
+    "hand_tuned_d4_narrow_aug": (
+        "`hand_tuned_d4_narrow` with stronger augmentation for its longer schedule: crop 0.5-1, rotations up to 15 degrees",
+        {
+            "loss.name": "ce_dice",
+            "data.crop_scale": [0.5, 1.0],
+            "data.rotation": 15,
+            "optim.warmup_epochs": 1,
+            "model.encoder_depth": 4,
+            "model.decoder_channels": [64, 32, 16, 8],
+        },
+    ),
     "shipped": ("configs/pet_slice_cpu.yaml as shipped", None),
 }
 

@@ -85,3 +85,19 @@ def test_variant_epochs_name_a_trained_seg_pet_variant(tmp_path) -> None:
         bad = sweep(tmp_path / "bad", "baseline", "before", "--variant-epochs", item)
         assert bad.returncode == 2 and f"--variant-epochs {item!r}" in bad.stderr
     assert not (tmp_path / "bad" / "before").exists()
+
+
+def test_every_named_variant_is_a_config_seg_pet_accepts() -> None:
+    """A typo in a variant's pinned keys would otherwise surface only after a sweep's first hours."""
+    import importlib.util
+
+    from seg_pet.config import load_config
+    from seg_pet.models import build_model
+
+    spec = importlib.util.spec_from_file_location("recipe_sweep", REPO / "scripts" / "recipe_sweep.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    for name in module.VARIANTS:
+        sets = [f"{key}={json.dumps(value)}" for key, value in module.variant_overrides(name).items()]
+        cfg = load_config(REPO / "configs" / "pet_slice_cpu.yaml", sets)
+        build_model(cfg.model, num_classes=3)
