@@ -132,19 +132,25 @@ def variant_overrides(name: str) -> dict:
     return {} if extra is None else {**BEFORE, **extra}
 
 
-def seg_pet_command(args: argparse.Namespace, variant: str, seed: int, out: Path) -> list[str]:
-    sets = {
+def run_settings(variant: str, seed: int, out: Path, *, data_root: str, image_size: int, epochs: int, max_steps=None) -> dict:
+    """The config keys one (variant, seed) run of the sweep trains with, into the run folder `out`."""
+    return {
         **variant_overrides(variant),
         "run.output_dir": str(out.parent),
         "run.name": out.name,
         "run.seed": seed,
-        "data.root": args.data_root,
-        "data.image_size": args.image_size,
-        "optim.epochs": args.variant_epochs.get(variant, args.epochs),
+        "data.root": data_root,
+        "data.image_size": image_size,
+        "optim.epochs": epochs,
         "train.overlays": 0,  # drawing is not part of the comparison
         "data.cache": "memory",  # decoded once; training is bit-identical to reading the files (docs/performance.md)
-        **({"train.max_steps_per_epoch": args.max_steps} if args.max_steps else {}),
+        **({"train.max_steps_per_epoch": max_steps} if max_steps else {}),
     }
+
+
+def seg_pet_command(args: argparse.Namespace, variant: str, seed: int, out: Path) -> list[str]:
+    epochs = args.variant_epochs.get(variant, args.epochs)
+    sets = run_settings(variant, seed, out, data_root=args.data_root, image_size=args.image_size, epochs=epochs, max_steps=args.max_steps)
     config = args.config_variants.get(variant, REPO / "configs" / "pet_slice_cpu.yaml")
     cmd = [sys.executable, "-m", "seg_pet", "train", "--config", str(config)]
     for key, value in sets.items():

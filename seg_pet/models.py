@@ -76,10 +76,10 @@ def _decoder_options(arch: str, depth: int, widths: list[int] | None) -> dict:
                 f"(smp's {arch} then gives outputs of another size or fails); use 5 with {arch}"
             )
         options["encoder_depth"] = depth
-        if per_stage is not None:
-            options["decoder_channels"] = per_stage[-depth:]
     if widths is not None:
         options["decoder_channels"] = tuple(widths)
+    elif depth != 5 and per_stage is not None:
+        options["decoder_channels"] = per_stage[-depth:]
     return options
 
 

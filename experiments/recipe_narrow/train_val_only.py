@@ -29,19 +29,10 @@ p.add_argument("--data-root", default="../shared/data")
 p.add_argument("--image-size", type=int, default=64)
 args = p.parse_args()
 
-sets = {
-    **sweep.variant_overrides(args.variant),
-    "run.output_dir": str(args.out / args.variant),
-    "run.name": f"seed{args.seed}",
-    "run.seed": args.seed,
-    "data.root": args.data_root,
-    "data.image_size": args.image_size,
-    "optim.epochs": args.epochs,
-    "train.overlays": 0,
-    "data.cache": "memory",
-}
+run = args.out / args.variant / f"seed{args.seed}"
+sets = sweep.run_settings(args.variant, args.seed, run, data_root=args.data_root, image_size=args.image_size, epochs=args.epochs)
 cfg = load_config(REPO / "configs" / "pet_slice_cpu.yaml", [f"{k}={json.dumps(v)}" for k, v in sets.items()])
 train(cfg, test=False)
-rows = list(csv.DictReader((args.out / args.variant / f"seed{args.seed}" / "metrics.csv").open()))
+rows = list(csv.DictReader((run / "metrics.csv").open()))
 val = [float(r["val_miou"]) for r in rows]
-print(json.dumps({"variant": args.variant, "seed": args.seed, "best_val": max(val), "last5_val": sum(val[-5:]) / 5}))
+print(json.dumps({"variant": args.variant, "seed": args.seed, "best_val": max(val), "last5_val": sum(val[-5:]) / len(val[-5:])}))
