@@ -44,7 +44,6 @@ import resource
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
@@ -90,6 +89,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--run-dir", default="outputs/benchmark", help="holds a disk cache when data.root is read-only")
     p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=True, help="bf16 autocast (CUDA only, as in train)")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None, help="default: on for CUDA, as in train")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="more config keys, e.g. model.encoder_depth=4 (repeatable)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (warm-up absorbs compilation)")
     p.add_argument("--threads", type=int, help="torch.set_num_threads for the main process (default: torch's own choice)")
     p.add_argument("--ceiling-only", action="store_true", help="only the ceiling and engine_resident phases (no data is read)")
@@ -213,17 +213,6 @@ def cpu_model() -> str:
 # --------------------------------------------------------------------------- phases
 
 
-@dataclass(frozen=True)
-class BenchRuntime(Runtime):
-    """train's Runtime, except that --channels-last / --no-channels-last may override the device's default."""
-
-    layout: Optional[bool] = None  # None: as train (channels_last on CUDA only)
-
-    @property
-    def channels_last(self) -> bool:
-        return super().channels_last if self.layout is None else self.layout
-
-
 def time_ceiling(model, loss_fn, optimizer, batch, runtime: Runtime, warmup: int, steps: int) -> dict[str, float]:
     """forward + backward + AdamW on a device-resident batch, no host sync inside the timed loop."""
     images, targets = batch
@@ -310,8 +299,7 @@ def time_naive(
 
 
 def run_benchmark(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict[str, Any]:
-    base = Runtime.create(args.device, amp=args.amp, key="--device")
-    runtime = BenchRuntime(base.device, base.amp_dtype, base.deterministic, layout=args.channels_last)
+    runtime = Runtime.create(args.device, amp=args.amp, channels_last=args.channels_last, key="--device")
     device = runtime.device
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -337,7 +325,7 @@ def run_benchmark(args: argparse.Namespace, log: Callable[[str], None] = print) 
     ]
     if args.synthetic:
         overrides += ["data.source=synthetic", f"data.synthetic_images={args.synthetic}"]
-    cfg = load_config(None, overrides)
+    cfg = load_config(None, overrides + args.set)
     names = list(label_spec(cfg.data).names)
     runtime.apply_backend_flags()  # cudnn.benchmark on CUDA, as train sets it
     torch.manual_seed(0)
@@ -481,6 +469,8 @@ def run_benchmark(args: argparse.Namespace, log: Callable[[str], None] = print) 
         "val_images": len(val_set) if val_set is not None else None,
         "arch": args.arch,
         "encoder": encoder,
+        "encoder_depth": cfg.model.encoder_depth,
+        "decoder_channels": cfg.model.decoder_channels,
         "image_size": size,
         "batch_size": batch_size,
         "workers": workers,

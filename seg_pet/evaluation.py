@@ -331,7 +331,7 @@ def evaluate_run(
         )
     if split == "test" and not is_writable_dir(run_dir):
         raise SegPetError(f"--run {run_dir}: not writable; a test evaluation is recorded in the run ({LOG_NAME})")
-    runtime = Runtime.create(cfg.train.device, amp=cfg.train.amp)
+    runtime = Runtime.create(cfg.train.device, amp=cfg.train.amp, channels_last=cfg.train.channels_last)
     dataset = build_test_dataset(cfg) if split == "test" else build_datasets(cfg)["val"]
     if split == "val" and cfg.data.cache == "disk":  # reuse the run's validation cache (bit-identical to decoding)
         attach_cache(

@@ -266,6 +266,11 @@ class TrainConfig:
     overlays: int = option(4, "validation images drawn every epoch", ge=0, le=1000)
     deterministic: bool = option(False, "`torch.use_deterministic_algorithms` (slower on GPU)")
     compile: bool = option(False, "`torch.compile` the model")
+    channels_last: Optional[bool] = option(
+        None,
+        "channels_last (NHWC) layout for the model and its batches; null = on CUDA only. On CPU it is faster for "
+        "some models and slower for others: measure before turning it on (docs/performance.md)",
+    )
     ema: Optional[float] = option(
         None,
         "decay of an exponential moving average of the weights, updated every step (e.g. 0.99); validation, "

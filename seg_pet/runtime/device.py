@@ -54,15 +54,24 @@ class Runtime:
     device: torch.device
     amp_dtype: Optional[torch.dtype] = None  # autocast dtype, None = fp32
     deterministic: bool = False
+    layout: Optional[bool] = None  # train.channels_last: None = channels_last on CUDA only
 
     @classmethod
-    def create(cls, setting: str, *, amp: bool = True, deterministic: bool = False, key: str = "train.device") -> Runtime:
+    def create(
+        cls,
+        setting: str,
+        *,
+        amp: bool = True,
+        deterministic: bool = False,
+        channels_last: Optional[bool] = None,
+        key: str = "train.device",
+    ) -> Runtime:
         """bf16 autocast on CUDA where supported (no loss scaling needed), fp16 otherwise; none on CPU."""
         device = resolve_device(setting, key)
         amp_dtype = None
         if amp and device.type == "cuda":
             amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return cls(device, amp_dtype, deterministic)
+        return cls(device, amp_dtype, deterministic, channels_last)
 
     @property
     def cuda(self) -> bool:
@@ -70,8 +79,9 @@ class Runtime:
 
     @property
     def channels_last(self) -> bool:
-        """NHWC activations: faster convolutions with tensor cores; no gain on CPU."""
-        return self.cuda
+        """NHWC activations: faster convolutions with tensor cores; on CPU faster for some models and slower
+        for others (docs/performance.md), so there only when train.channels_last asks for it."""
+        return self.cuda if self.layout is None else self.layout
 
     @property
     def memory_format(self) -> torch.memory_format:
@@ -106,4 +116,5 @@ class Runtime:
 
     def describe(self) -> str:
         autocast = f", autocast {str(self.amp_dtype).replace('torch.', '')}" if self.amp_dtype else ""
-        return f"device {self.device}{autocast}"
+        layout = ", channels_last" if self.channels_last else ""
+        return f"device {self.device}{autocast}{layout}"

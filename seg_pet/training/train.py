@@ -49,7 +49,9 @@ def train(
     require_tensorboard(cfg.train.tensorboard)
     paths = RunPaths(cfg.run_dir)
     check_run_dir(paths.root, resume, overwrite)
-    runtime = Runtime.create(cfg.train.device, amp=cfg.train.amp, deterministic=cfg.train.deterministic)
+    runtime = Runtime.create(
+        cfg.train.device, amp=cfg.train.amp, deterministic=cfg.train.deterministic, channels_last=cfg.train.channels_last
+    )
     seed_everything(cfg.run.seed)
     runtime.apply_backend_flags()
     resume_state = load_resume_state(cfg, stop_after_epoch) if resume else None

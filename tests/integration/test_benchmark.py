@@ -125,6 +125,16 @@ def test_ceiling_only_reads_no_data(tmp_path: Path) -> None:
     assert report["settings"]["train_images"] is None and not (tmp_path / "data").exists()
 
 
+def test_set_changes_the_model_measured_and_a_bad_key_is_one_line(tmp_path: Path, capsys) -> None:
+    report = _run(tmp_path, "--ceiling-only", "--set", "model.encoder_depth=3", "--set", "model.decoder_channels=[16,8,4]")
+    assert (report["settings"]["encoder_depth"], report["settings"]["decoder_channels"]) == (3, [16, 8, 4])
+    capsys.readouterr()
+    benchmark = _load_script("benchmark")
+    assert benchmark.main(["--device", "cpu", "--ceiling-only", "--set", "model.depth=3", "--out", str(tmp_path / "x.json")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "model.depth" in err and not (tmp_path / "x.json").exists()
+
+
 def test_cuda_requested_without_cuda_is_one_line(tmp_path: Path, capsys, monkeypatch) -> None:
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     benchmark = _load_script("benchmark")
