@@ -132,6 +132,13 @@ class DataConfig:
         ge=0.0,
         le=180.0,
     )
+    cutmix: float = option(
+        0.0,
+        "share of training images that get CutMix: a random box of the image and its mask replaced by the same box "
+        "of another image in the batch (0 = off)",
+        ge=0.0,
+        le=1.0,
+    )
 
 
 @dataclass

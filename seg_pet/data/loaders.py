@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from seg_pet.config import Config
 from seg_pet.data.cache import DeviceBatches, DeviceCache
 from seg_pet.data.segmentation import SegmentationDataset
-from seg_pet.data.transforms import BatchAugment
+from seg_pet.data.transforms import BatchAugment, CutMixBatches
 from seg_pet.labels import IGNORE_INDEX
 from seg_pet.runtime.device import Runtime
 from seg_pet.runtime.distributed import rank, shard, world_size
@@ -166,10 +166,21 @@ def epoch_train_loader(
     torch.manual_seed(process_seed(seed, rank()))
     if on_device is not None:
         augment = BatchAugment(cfg.data.image_size, cfg.data.crop_scale, cfg.data.rotation) if cfg.data.augment else None
-        return DeviceBatches(on_device["train"], batch_size, shuffle=True, drop_last=True, augment=augment, seed=seed, shard=this_shard())
-    return make_loader(
-        dataset, batch_size, shuffle=True, num_workers=workers, seed=seed, pin_memory=runtime.pin_memory, drop_last=True, shard=this_shard()
-    )
+        loader = DeviceBatches(on_device["train"], batch_size, shuffle=True, drop_last=True, augment=augment, seed=seed, shard=this_shard())
+    else:
+        loader = make_loader(
+            dataset,
+            batch_size,
+            shuffle=True,
+            num_workers=workers,
+            seed=seed,
+            pin_memory=runtime.pin_memory,
+            drop_last=True,
+            shard=this_shard(),
+        )
+    if cfg.data.augment and cfg.data.cutmix > 0:
+        return CutMixBatches(loader, cfg.data.cutmix, process_seed(seed, rank()))
+    return loader
 
 
 def val_loader_for(

@@ -245,3 +245,44 @@ class BatchAugment:
         if self.jitter:
             batch = self.colour(batch)
         return normalise_batch(batch), targets.long()
+
+
+def cutmix(images: torch.Tensor, targets: torch.Tensor, prob: float, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """CutMix for segmentation (Yun et al. 2019; French et al. 2020): with probability `prob` per image, a random
+    box of it and of its label map is replaced by the same box of the next image in the batch.
+
+    The box's area share is uniform in [0, 1) (CutMix's lambda ~ Beta(1, 1)), its aspect that of the image,
+    its centre uniform with the box clipped at the border. Labels are pasted with their pixels, so the loss
+    stays exact. `generator` (CPU) draws everything, so a seeded epoch replays the same boxes; the tensors
+    may live on any device. Returns new tensors; a batch of one is returned unchanged.
+    """
+    count, height, width = len(images), images.shape[-2], images.shape[-1]
+    if count < 2 or prob <= 0:
+        return images, targets
+    mixed = torch.rand(count, generator=generator) < prob
+    side = torch.rand(count, generator=generator).sqrt()  # box side / image side: its area share is uniform
+    centre = torch.rand(count, 2, generator=generator)
+    images, targets = images.clone(), targets.clone()
+    partner_images, partner_targets = images.roll(1, 0), targets.roll(1, 0)
+    for i in torch.nonzero(mixed).flatten().tolist():
+        h, w = int(side[i] * height), int(side[i] * width)
+        top = min(max(int(centre[i, 0] * height) - h // 2, 0), height - h)
+        left = min(max(int(centre[i, 1] * width) - w // 2, 0), width - w)
+        images[i, :, top : top + h, left : left + w] = partner_images[i, :, top : top + h, left : left + w]
+        targets[i, top : top + h, left : left + w] = partner_targets[i, top : top + h, left : left + w]
+    return images, targets
+
+
+class CutMixBatches:
+    """A training loader whose batches get `cutmix` (data.cutmix); its own generator is seeded per epoch and process."""
+
+    def __init__(self, loader, prob: float, seed: int):
+        self.loader, self.prob, self.seed = loader, prob, seed
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed)
+        for images, targets in self.loader:
+            yield cutmix(images, targets, self.prob, generator)
