@@ -89,7 +89,9 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--run-dir", default="outputs/benchmark", help="holds a disk cache when data.root is read-only")
     p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=True, help="bf16 autocast (CUDA only, as in train)")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None, help="default: on for CUDA, as in train")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="more config keys, e.g. model.encoder_depth=4 (repeatable)")
+    p.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="more config keys, e.g. model.encoder_depth=4 (repeatable)"
+    )
     p.add_argument("--compile", action="store_true", help="torch.compile the model (warm-up absorbs compilation)")
     p.add_argument("--threads", type=int, help="torch.set_num_threads for the main process (default: torch's own choice)")
     p.add_argument("--ceiling-only", action="store_true", help="only the ceiling and engine_resident phases (no data is read)")
