@@ -62,6 +62,15 @@ BEFORE = {
     "eval.tta": "none",
 }
 
+# The recipe now shipped (configs/pet_slice_cpu.yaml), pinned key by key: the base of the variants that change it.
+NARROW = {
+    "loss.name": "ce_dice",
+    "data.crop_scale": [0.8, 1.0],
+    "optim.warmup_epochs": 1,
+    "model.encoder_depth": 4,
+    "model.decoder_channels": [64, 32, 16, 8],
+}
+
 # name -> (what it changes, overrides on top of BEFORE). "shipped" is configs/pet_slice_cpu.yaml as it is.
 VARIANTS: dict[str, tuple[str, dict]] = {
     "before": ("seg_pet's recipe before the sweep: 10 % held out, best validation epoch", {}),
@@ -93,11 +102,7 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "hand_tuned_d4_narrow": (
         "`hand_tuned_d4` with half-width decoder stages, 64-32-16-8 (faster again: more epochs)",
         {
-            "loss.name": "ce_dice",
-            "data.crop_scale": [0.8, 1.0],
-            "optim.warmup_epochs": 1,
-            "model.encoder_depth": 4,
-            "model.decoder_channels": [64, 32, 16, 8],
+            **NARROW,
         },
     ),
     "hand_tuned_d4_rot": (
@@ -122,33 +127,21 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "hand_tuned_d4_narrow_cutmix": (
         "`hand_tuned_d4_narrow` with CutMix on half of the training images",
         {
-            "loss.name": "ce_dice",
-            "data.crop_scale": [0.8, 1.0],
-            "optim.warmup_epochs": 1,
-            "model.encoder_depth": 4,
-            "model.decoder_channels": [64, 32, 16, 8],
+            **NARROW,
             "data.cutmix": 0.5,
         },
     ),
     "hand_tuned_d4_narrow_cutmix_all": (
         "`hand_tuned_d4_narrow` with CutMix on every training image",
         {
-            "loss.name": "ce_dice",
-            "data.crop_scale": [0.8, 1.0],
-            "optim.warmup_epochs": 1,
-            "model.encoder_depth": 4,
-            "model.decoder_channels": [64, 32, 16, 8],
+            **NARROW,
             "data.cutmix": 1.0,
         },
     ),
     "hand_tuned_d4_narrow_sgd": (
         "`hand_tuned_d4_narrow` with SGD (momentum 0.9, peak lr 0.05, weight decay 5e-4) instead of AdamW",
         {
-            "loss.name": "ce_dice",
-            "data.crop_scale": [0.8, 1.0],
-            "optim.warmup_epochs": 1,
-            "model.encoder_depth": 4,
-            "model.decoder_channels": [64, 32, 16, 8],
+            **NARROW,
             "optim.name": "sgd",
             "optim.lr": 0.05,
             "optim.weight_decay": 0.0005,
@@ -157,11 +150,7 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "hand_tuned_d4_narrow_wd": (
         "`hand_tuned_d4_narrow` with weight decay 0.05 instead of 1e-4",
         {
-            "loss.name": "ce_dice",
-            "data.crop_scale": [0.8, 1.0],
-            "optim.warmup_epochs": 1,
-            "model.encoder_depth": 4,
-            "model.decoder_channels": [64, 32, 16, 8],
+            **NARROW,
             "optim.weight_decay": 0.05,
         },
     ),
